@@ -1,0 +1,135 @@
+//! voxio's configuration: command-line flags, each with a `VOXIO_*` environment variable and a
+//! documented default (`voxio --help` lists them all).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engineio::{EngineConfig, OriginPolicy, Transports};
+
+/// voxio: a realtime voice server (Engine.IO v4 / Socket.IO v5 on actix).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to run; without one, the voice server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server settings.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// voxio's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serves the protocol test endpoints for external conformance suites: `/engine.io/` echoes
+    /// every message back; pingInterval 300 ms, pingTimeout 200 ms, any Origin.
+    ProtocolTest {
+        /// Port to listen on (on 127.0.0.1).
+        #[arg(long, default_value_t = 3000)]
+        port: u16,
+    },
+}
+
+/// Settings of the voice server.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "VOXIO_BIND", default_value = "0.0.0.0:8080")]
+    pub bind: SocketAddr,
+    /// HTTP worker threads (0: one per CPU core).
+    #[arg(long, env = "VOXIO_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// Directory of the browser page's files.
+    #[arg(long, env = "VOXIO_STATIC_DIR", default_value = "static")]
+    pub static_dir: PathBuf,
+    /// Engine.IO settings.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Engine.IO settings, as flags and environment variables.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Milliseconds between the server's pings.
+    #[arg(long, env = "VOXIO_PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+    /// Milliseconds to wait for a pong before closing the session.
+    #[arg(long, env = "VOXIO_PING_TIMEOUT_MS", default_value_t = 20_000)]
+    pub ping_timeout_ms: u64,
+    /// Largest packet, polling POST body or WebSocket message, in bytes.
+    #[arg(long, env = "VOXIO_MAX_PAYLOAD", default_value_t = 1_000_000)]
+    pub max_payload: usize,
+    /// Milliseconds a WebSocket may take to complete an upgrade from polling.
+    #[arg(long, env = "VOXIO_UPGRADE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub upgrade_timeout_ms: u64,
+    /// Accepted transports, comma-separated: polling, websocket.
+    #[arg(long, env = "VOXIO_TRANSPORTS", default_value = "polling,websocket")]
+    pub transports: String,
+    /// Browser origins allowed to connect: `same-origin`, `*`, or a comma-separated list of
+    /// origins such as `https://app.example.com`.
+    #[arg(long, env = "VOXIO_ALLOWED_ORIGINS", default_value = "same-origin")]
+    pub allowed_origins: String,
+    /// Most sessions open at once; handshakes beyond it get 503.
+    #[arg(long, env = "VOXIO_MAX_SESSIONS", default_value_t = 100_000)]
+    pub max_sessions: usize,
+    /// Most packets queued for one client; a reliable packet beyond it closes the session, a
+    /// volatile one is dropped.
+    #[arg(long, env = "VOXIO_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// Most WebSocket frames one message may be fragmented into.
+    #[arg(long, env = "VOXIO_MAX_WS_FRAGMENTS", default_value_t = 256)]
+    pub max_ws_fragments: usize,
+}
+
+impl EngineArgs {
+    /// The Engine.IO configuration these settings describe.
+    pub fn engine_config(&self) -> EngineConfig {
+        let transports = Transports {
+            polling: self.transports.split(',').any(|t| t.trim() == "polling"),
+            websocket: self.transports.split(',').any(|t| t.trim() == "websocket"),
+        };
+        EngineConfig {
+            ping_interval: Duration::from_millis(self.ping_interval_ms),
+            ping_timeout: Duration::from_millis(self.ping_timeout_ms),
+            max_payload: self.max_payload,
+            upgrade_timeout: Duration::from_millis(self.upgrade_timeout_ms),
+            transports,
+            origins: OriginPolicy::parse(&self.allowed_origins),
+            max_sessions: self.max_sessions,
+            outbound_queue: self.outbound_queue,
+            max_fragments: self.max_ws_fragments,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_engine_defaults() {
+        let cli = Cli::try_parse_from(["voxio"]).unwrap();
+        let ours = cli.server.engine.engine_config();
+        let theirs = EngineConfig::default();
+        assert_eq!(ours.ping_interval, theirs.ping_interval);
+        assert_eq!(ours.ping_timeout, theirs.ping_timeout);
+        assert_eq!(ours.max_payload, theirs.max_payload);
+        assert_eq!(ours.upgrade_timeout, theirs.upgrade_timeout);
+        assert_eq!(ours.transports, theirs.transports);
+        assert_eq!(ours.origins, theirs.origins);
+        assert_eq!(ours.max_sessions, theirs.max_sessions);
+        assert_eq!(ours.outbound_queue, theirs.outbound_queue);
+        assert_eq!(ours.max_fragments, theirs.max_fragments);
+    }
+
+    #[test]
+    fn transports_parse() {
+        let cli = Cli::try_parse_from(["voxio", "--transports", "websocket"]).unwrap();
+        let config = cli.server.engine.engine_config();
+        assert!(!config.transports.polling);
+        assert!(config.transports.websocket);
+    }
+}

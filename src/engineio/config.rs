@@ -1,0 +1,155 @@
+//! Engine.IO server settings, each with its documented default.
+
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderMap};
+
+/// Which browser origins may open sessions.
+///
+/// Requests without an `Origin` header (native clients: Node, Python, curl) are not browser
+/// cross-origin requests and are always let through; the check guards against other web pages.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum OriginPolicy {
+    /// Any origin (the protocol test server uses this).
+    Any,
+    /// Only the page's own origin: the `Origin` header's host must equal the `Host` header.
+    #[default]
+    SameOrigin,
+    /// Only these origins, compared exactly (`scheme://host[:port]`, no trailing slash).
+    List(Vec<String>),
+}
+
+impl OriginPolicy {
+    /// Parses `*`, `same-origin` (or an empty string), or a comma-separated list of origins.
+    pub fn parse(text: &str) -> OriginPolicy {
+        match text.trim() {
+            "*" => OriginPolicy::Any,
+            "" | "same-origin" => OriginPolicy::SameOrigin,
+            list => OriginPolicy::List(
+                list.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Whether a request with these headers may go on.
+    pub fn allows(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        match self {
+            OriginPolicy::Any => true,
+            OriginPolicy::SameOrigin => {
+                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+                let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+                matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
+            }
+            OriginPolicy::List(list) => list.iter().any(|allowed| allowed == origin),
+        }
+    }
+}
+
+/// The transports a server accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transports {
+    /// HTTP long-polling (`transport=polling`).
+    pub polling: bool,
+    /// WebSocket (`transport=websocket`), directly or as an upgrade from polling.
+    pub websocket: bool,
+}
+
+impl Default for Transports {
+    fn default() -> Self {
+        Transports {
+            polling: true,
+            websocket: true,
+        }
+    }
+}
+
+/// Engine.IO server configuration. `EngineConfig::default()` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How long after the last pong (or the handshake) the server sends a ping. Default 25 s.
+    pub ping_interval: Duration,
+    /// How long the server waits for the pong before closing the session. Default 20 s.
+    pub ping_timeout: Duration,
+    /// Largest packet, polling POST body, or WebSocket message accepted, in bytes; also the
+    /// largest polling GET response the server builds (one packet alone may exceed it only if
+    /// the layer above queued it). Default 1,000,000.
+    pub max_payload: usize,
+    /// How long a probing WebSocket may take to complete an upgrade. Default 10 s.
+    pub upgrade_timeout: Duration,
+    /// Accepted transports. Default: both.
+    pub transports: Transports,
+    /// Which `Origin`s may connect, checked on every polling request and WebSocket handshake.
+    /// Default: same origin.
+    pub origins: OriginPolicy,
+    /// Most sessions open at once; a handshake beyond it gets 503. Default 100,000.
+    pub max_sessions: usize,
+    /// Most packets queued for one client that it has not yet taken. A reliable packet beyond it
+    /// closes the session (a client that cannot keep up is told so rather than silently losing
+    /// data); a volatile one is dropped. Default 1,024.
+    pub outbound_queue: usize,
+    /// Most WebSocket frames one message may be fragmented into; more close the connection with
+    /// 1009. Default 256.
+    pub max_fragments: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            max_payload: 1_000_000,
+            upgrade_timeout: Duration::from_secs(10),
+            transports: Transports::default(),
+            origins: OriginPolicy::default(),
+            max_sessions: 100_000,
+            outbound_queue: 1024,
+            max_fragments: 256,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(origin) = origin {
+            map.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn same_origin_compares_host() {
+        let policy = OriginPolicy::SameOrigin;
+        assert!(policy.allows(&headers(None, "localhost:8080")));
+        assert!(policy.allows(&headers(Some("http://localhost:8080"), "localhost:8080")));
+        assert!(!policy.allows(&headers(Some("http://evil.test"), "localhost:8080")));
+        assert!(!policy.allows(&headers(Some("null"), "localhost:8080")));
+    }
+
+    #[test]
+    fn list_and_any() {
+        let list = OriginPolicy::parse("https://a.test, https://b.test/");
+        assert_eq!(
+            list,
+            OriginPolicy::List(vec!["https://a.test".into(), "https://b.test".into()])
+        );
+        assert!(list.allows(&headers(Some("https://b.test"), "x")));
+        assert!(!list.allows(&headers(Some("https://c.test"), "x")));
+        assert!(OriginPolicy::parse("*").allows(&headers(Some("https://c.test"), "x")));
+        assert_eq!(OriginPolicy::parse(""), OriginPolicy::SameOrigin);
+    }
+}

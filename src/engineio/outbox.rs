@@ -1,0 +1,284 @@
+//! The per-session outbound queue and the handle the layer above sends through.
+//!
+//! One bounded queue per session, shared by whoever produces packets (the layer above, from any
+//! thread) and the one actor that currently drains it (the polling session, or after an upgrade
+//! the WebSocket connection). The queue stays put across an upgrade: only who drains it changes,
+//! so packet order survives the transport switch. The lock is held only to push or to swap the
+//! queue out, never across an await.
+//!
+//! Policy when full: a reliable packet beyond `capacity` is refused and the session is closed
+//! with [`CloseReason::OutboundOverflow`]; a volatile packet is dropped and counted, the session
+//! goes on. Control packets (ping, noop, close) are tiny, at most a few at a time, and always
+//! accepted.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::packet::OutFrame;
+use super::sid::Sid;
+use super::CloseReason;
+
+/// Why a packet was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The session's outbound queue is full.
+    #[error("outbound queue full")]
+    Full,
+    /// The session is closed or closing.
+    #[error("session closed")]
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<OutFrame>,
+    /// Set once the session is closing; nothing more is queued after it.
+    closing: Option<CloseReason>,
+}
+
+/// The bounded outbound queue of one session.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    wake: Notify,
+    capacity: usize,
+    volatile_dropped: AtomicU64,
+}
+
+impl Outbox {
+    pub(crate) fn new(capacity: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            capacity: capacity.max(1),
+            volatile_dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every critical
+        // section is a single push, pop or swap), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a packet from the layer above.
+    pub(crate) fn push(&self, frame: OutFrame, volatile: bool) -> Result<(), SendError> {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return Err(SendError::Closed);
+        }
+        if state.frames.len() >= self.capacity {
+            if volatile {
+                self.volatile_dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                state.closing = Some(CloseReason::OutboundOverflow);
+                drop(state);
+                self.wake.notify_one();
+            }
+            return Err(SendError::Full);
+        }
+        state.frames.push_back(frame);
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queues a control packet of the protocol itself; refused only once closing.
+    pub(crate) fn push_control(&self, frame: OutFrame) {
+        let mut state = self.lock();
+        if state.closing.is_none() {
+            state.frames.push_back(frame);
+            drop(state);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Marks the session closing (the first reason wins) and wakes the drainer. Frames already
+    /// queued are still delivered where the transport allows.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        let mut state = self.lock();
+        if state.closing.is_none() {
+            state.closing = Some(reason);
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// The reason the session is closing, if it is.
+    pub(crate) fn closing(&self) -> Option<CloseReason> {
+        self.lock().closing
+    }
+
+    /// Moves every queued frame into `out` (kept allocated by the caller between calls).
+    pub(crate) fn drain_into(&self, out: &mut Vec<OutFrame>) -> Option<CloseReason> {
+        let mut state = self.lock();
+        out.extend(state.frames.drain(..));
+        state.closing
+    }
+
+    /// Takes queued frames for one polling response: as many as fit in `max_bytes`, and always
+    /// at least one so that an oversized packet cannot wedge the queue.
+    pub(crate) fn drain_payload(&self, max_bytes: usize) -> Vec<OutFrame> {
+        let mut state = self.lock();
+        let mut size = 0;
+        let mut count = 0;
+        for frame in state.frames.iter() {
+            let len = frame.payload_len() + usize::from(count > 0);
+            if count > 0 && size + len > max_bytes {
+                break;
+            }
+            size += len;
+            count += 1;
+        }
+        state.frames.drain(..count).collect()
+    }
+
+    /// Puts frames back at the head of the queue (a poll whose client went away).
+    pub(crate) fn requeue_front(&self, frames: Vec<OutFrame>) {
+        let mut state = self.lock();
+        for frame in frames.into_iter().rev() {
+            state.frames.push_front(frame);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().frames.is_empty()
+    }
+
+    /// Resolves after the next push or close (at once if one happened since the last wait).
+    pub(crate) async fn changed(&self) {
+        self.wake.notified().await
+    }
+
+    pub(crate) fn volatile_dropped(&self) -> u64 {
+        self.volatile_dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The layer above's handle on one Engine.IO session: `Clone`, `Send`, usable from any thread.
+///
+/// Sending never blocks and never waits for the client: packets go to the session's bounded
+/// queue (see the module docs for what happens when it is full).
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    sid: Sid,
+    outbox: Arc<Outbox>,
+}
+
+impl SessionHandle {
+    pub(crate) fn new(sid: Sid, outbox: Arc<Outbox>) -> SessionHandle {
+        SessionHandle { sid, outbox }
+    }
+
+    /// The session id.
+    pub fn sid(&self) -> Sid {
+        self.sid
+    }
+
+    /// Sends a text message.
+    pub fn send_text(&self, text: &str) -> Result<(), SendError> {
+        self.outbox.push(OutFrame::message(text), false)
+    }
+
+    /// Sends a text message built by `write` straight into the frame buffer (no second copy).
+    /// `capacity` is a size hint.
+    pub fn send_text_with(
+        &self,
+        capacity: usize,
+        write: impl FnOnce(&mut String),
+    ) -> Result<(), SendError> {
+        let mut frame = String::with_capacity(capacity + 1);
+        frame.push('4');
+        write(&mut frame);
+        self.outbox.push(OutFrame::Text(frame.into()), false)
+    }
+
+    /// Sends a binary message.
+    pub fn send_binary(&self, data: Bytes) -> Result<(), SendError> {
+        self.outbox.push(OutFrame::Binary(data), false)
+    }
+
+    /// Sends a text message unless the queue is full, in which case it is dropped.
+    pub fn send_text_volatile(&self, text: &str) -> Result<(), SendError> {
+        self.outbox.push(OutFrame::message(text), true)
+    }
+
+    /// Sends a binary message unless the queue is full, in which case it is dropped.
+    pub fn send_binary_volatile(&self, data: Bytes) -> Result<(), SendError> {
+        self.outbox.push(OutFrame::Binary(data), true)
+    }
+
+    /// Closes the session: queued packets are still sent where the transport allows, then the
+    /// client gets a close packet and `on_close` runs with [`CloseReason::ServerClose`].
+    pub fn close(&self) {
+        self.outbox.close(CloseReason::ServerClose);
+    }
+
+    /// Whether the session is closed or closing.
+    pub fn is_closed(&self) -> bool {
+        self.outbox.closing().is_some()
+    }
+
+    /// Volatile packets dropped so far because the queue was full.
+    pub fn volatile_dropped(&self) -> u64 {
+        self.outbox.volatile_dropped()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_queue_closes_on_reliable_and_drops_volatile() {
+        let outbox = Arc::new(Outbox::new(2));
+        let handle = SessionHandle::new(Sid::generate(), outbox.clone());
+        handle.send_text("a").unwrap();
+        handle.send_text("b").unwrap();
+        assert_eq!(handle.send_text_volatile("c"), Err(SendError::Full));
+        assert_eq!(handle.volatile_dropped(), 1);
+        assert!(!handle.is_closed());
+        assert_eq!(handle.send_text("d"), Err(SendError::Full));
+        assert_eq!(outbox.closing(), Some(CloseReason::OutboundOverflow));
+        assert_eq!(handle.send_text("e"), Err(SendError::Closed));
+        // What was queued before the overflow is still there to deliver.
+        let mut frames = Vec::new();
+        outbox.drain_into(&mut frames);
+        assert_eq!(frames, vec![OutFrame::message("a"), OutFrame::message("b")]);
+    }
+
+    #[test]
+    fn payload_drain_respects_max_bytes_but_takes_one() {
+        let outbox = Outbox::new(10);
+        outbox.push(OutFrame::message("aaaa"), false).unwrap(); // 5 bytes
+        outbox.push(OutFrame::message("bbbb"), false).unwrap(); // 1 + 5
+        outbox.push(OutFrame::message("cccccccccc"), false).unwrap();
+        assert_eq!(outbox.drain_payload(11).len(), 2);
+        assert_eq!(
+            outbox.drain_payload(3).len(),
+            1,
+            "an oversized packet still goes"
+        );
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn requeue_keeps_order() {
+        let outbox = Outbox::new(10);
+        for t in ["a", "b", "c"] {
+            outbox.push(OutFrame::message(t), false).unwrap();
+        }
+        let first = outbox.drain_payload(7);
+        assert_eq!(first.len(), 2);
+        outbox.requeue_front(first);
+        let mut all = Vec::new();
+        outbox.drain_into(&mut all);
+        let want: Vec<_> = ["a", "b", "c"].map(OutFrame::message).into();
+        assert_eq!(all, want);
+    }
+}

@@ -1,0 +1,469 @@
+//! The Engine.IO HTTP entry point, the process-wide session registry, and what the two
+//! transport actors share.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use actix::{Actor, Addr, AsyncContext, Context, SpawnHandle};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse, Resource};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+
+use super::outbox::{Outbox, SessionHandle};
+use super::polling::{Poll, PollReply, PollingSession, PostData, PostStart};
+use super::session::{Event, Session};
+use super::sid::Sid;
+use super::websocket::WsConnection;
+use super::{EngineConfig, EngineError, EngineHandler, Handshake, SessionHandler, TransportKind};
+
+/// An Engine.IO server: configuration, the layer above, and the sessions it holds.
+///
+/// Cheap to clone; mount it with [`Engine::resource`].
+///
+/// ```no_run
+/// # use voxio::engineio::{Engine, EngineConfig, EngineHandler};
+/// # fn app(handler: std::sync::Arc<dyn EngineHandler>) {
+/// let engine = Engine::new(EngineConfig::default(), handler);
+/// let app = actix_web::App::new().service(engine.resource("/engine.io/"));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<EngineShared>,
+}
+
+pub(crate) struct EngineShared {
+    pub(crate) config: EngineConfig,
+    handler: Arc<dyn EngineHandler>,
+    pub(crate) registry: Registry,
+}
+
+impl Engine {
+    /// A server with this configuration, handing sessions to `handler`.
+    pub fn new(config: EngineConfig, handler: Arc<dyn EngineHandler>) -> Engine {
+        Engine {
+            shared: Arc::new(EngineShared {
+                config,
+                handler,
+                registry: Registry::default(),
+            }),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// Sessions open now, on either transport (probing WebSockets not counted).
+    pub fn session_count(&self) -> usize {
+        self.shared.registry.live.load(Ordering::Relaxed)
+    }
+
+    /// An actix-web resource serving the protocol at `path` (for example `/socket.io/`).
+    pub fn resource(&self, path: &str) -> Resource {
+        let shared = self.shared.clone();
+        web::resource(path).to(move |req: HttpRequest, body: web::Payload| {
+            let shared = shared.clone();
+            async move {
+                let mut response = match dispatch(&shared, &req, body).await {
+                    Ok(response) => response,
+                    Err(error) => error.response(),
+                };
+                allow_cors(&shared.config, &req, &mut response);
+                response
+            }
+        })
+    }
+}
+
+/// A browser page on another allowed origin must see these headers to read polling answers.
+/// Sent only when the request's `Origin` passed the origin policy.
+fn allow_cors(config: &EngineConfig, req: &HttpRequest, response: &mut HttpResponse) {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return;
+    };
+    if response.status() == actix_web::http::StatusCode::SWITCHING_PROTOCOLS
+        || !config.origins.allows(req.headers())
+    {
+        return;
+    }
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+}
+
+/// The query parameters Engine.IO reads. Values are taken as they are: the protocol's values
+/// (`4`, `polling`, `websocket`, URL-safe sids) never need percent-decoding.
+#[derive(Debug, Default)]
+struct Query<'a> {
+    eio: Option<&'a str>,
+    transport: Option<&'a str>,
+    sid: Option<&'a str>,
+}
+
+impl<'a> Query<'a> {
+    fn parse(query: &'a str) -> Query<'a> {
+        let mut q = Query::default();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "EIO" => q.eio = Some(value),
+                "transport" => q.transport = Some(value),
+                "sid" => q.sid = Some(value),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// Parses a request into what it asks for, checks it, and hands it to the right driver.
+async fn dispatch(
+    shared: &Arc<EngineShared>,
+    req: &HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, EngineError> {
+    let config = &shared.config;
+    let query = Query::parse(req.query_string());
+    let transport = match query.transport {
+        Some("polling") if config.transports.polling => TransportKind::Polling,
+        Some("websocket") if config.transports.websocket => TransportKind::WebSocket,
+        _ => return Err(EngineError::UnknownTransport),
+    };
+    if query.eio != Some("4") {
+        return Err(EngineError::UnsupportedProtocolVersion);
+    }
+    if !config.origins.allows(req.headers()) {
+        return Err(EngineError::Forbidden);
+    }
+    let sid = match query.sid {
+        None => None,
+        Some(text) => Some(Sid::parse(text).ok_or(EngineError::UnknownSid)?),
+    };
+    let wants_websocket = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+
+    match (transport, sid) {
+        (TransportKind::WebSocket, _) if !wants_websocket => Err(EngineError::BadRequest),
+        (TransportKind::WebSocket, None) => websocket_open(shared, req, body),
+        (TransportKind::WebSocket, Some(sid)) => websocket_upgrade(shared, req, body, sid),
+        (TransportKind::Polling, _) if req.method() == Method::OPTIONS => Ok(preflight()),
+        (TransportKind::Polling, None) if req.method() == Method::GET => polling_open(shared, req),
+        (TransportKind::Polling, None) => Err(EngineError::BadHandshakeMethod),
+        (TransportKind::Polling, Some(sid)) => {
+            let Some(route) = shared.registry.get(sid) else {
+                return Err(EngineError::UnknownSid);
+            };
+            // Once upgraded, the session is refused on polling.
+            let Route::Polling(addr) = route else {
+                return Err(EngineError::BadRequest);
+            };
+            match *req.method() {
+                Method::GET => poll(addr).await,
+                Method::POST => post(shared, req, addr, body).await,
+                _ => Err(EngineError::BadRequest),
+            }
+        }
+    }
+}
+
+fn preflight() -> HttpResponse {
+    HttpResponse::NoContent()
+        .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST"))
+        .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, "content-type"))
+        .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"))
+        .finish()
+}
+
+fn handshake(req: &HttpRequest, transport: TransportKind) -> Handshake {
+    Handshake {
+        headers: req.headers().clone(),
+        peer: req.peer_addr(),
+        query: req.query_string().to_owned(),
+        transport,
+    }
+}
+
+/// Opens a session: reserves a slot, creates the state machine, and asks the layer above for its
+/// per-session handler.
+fn open_session(
+    shared: &Arc<EngineShared>,
+    req: &HttpRequest,
+    transport: TransportKind,
+) -> Result<SessionCore, EngineError> {
+    let slot = shared.registry.reserve(shared.config.max_sessions)?;
+    let sid = Sid::generate();
+    let outbox = Arc::new(Outbox::new(shared.config.outbound_queue));
+    let machine = Session::new(
+        sid,
+        &shared.config,
+        transport,
+        Instant::now(),
+        outbox.clone(),
+    );
+    let handler = shared
+        .handler
+        .on_open(SessionHandle::new(sid, outbox), &handshake(req, transport));
+    Ok(SessionCore {
+        machine,
+        handler,
+        _slot: slot,
+    })
+}
+
+fn polling_open(
+    shared: &Arc<EngineShared>,
+    req: &HttpRequest,
+) -> Result<HttpResponse, EngineError> {
+    let core = open_session(shared, req, TransportKind::Polling)?;
+    let sid = core.machine.sid();
+    // The handshake answer is the first poll: the open packet and whatever the layer above
+    // queued on open.
+    let frames = core
+        .machine
+        .outbox()
+        .drain_payload(shared.config.max_payload);
+    let addr = PollingSession::new(shared.clone(), core).start();
+    shared.registry.insert(sid, Route::Polling(addr));
+    Ok(payload_response(super::packet::encode_payload(&frames)))
+}
+
+pub(crate) fn payload_response(body: bytes::Bytes) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=UTF-8")
+        .body(body)
+}
+
+async fn poll(addr: Addr<PollingSession>) -> Result<HttpResponse, EngineError> {
+    let (reply, answer) = oneshot::channel();
+    addr.send(Poll { reply })
+        .await
+        .map_err(|_| EngineError::UnknownSid)?;
+    match answer.await {
+        Ok(PollReply::Payload(body)) => Ok(payload_response(body)),
+        Ok(PollReply::Refused(error)) => Err(error),
+        Err(_) => Err(EngineError::UnknownSid),
+    }
+}
+
+async fn post(
+    shared: &Arc<EngineShared>,
+    req: &HttpRequest,
+    addr: Addr<PollingSession>,
+    mut body: web::Payload,
+) -> Result<HttpResponse, EngineError> {
+    let max = shared.config.max_payload;
+    // Engine.IO v3's binary payload format is not v4; refuse it before reading anything.
+    let content_type = req.headers().get(header::CONTENT_TYPE);
+    if content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream")) {
+        return Err(EngineError::BadRequest);
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(EngineError::PayloadTooLarge);
+    }
+    let guard = addr
+        .send(PostStart)
+        .await
+        .map_err(|_| EngineError::UnknownSid)??;
+    let mut data = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|_| EngineError::BadRequest)?;
+        if data.len() + chunk.len() > max {
+            return Err(EngineError::PayloadTooLarge);
+        }
+        data.extend_from_slice(&chunk);
+    }
+    addr.send(PostData {
+        body: data.freeze(),
+        _guard: guard,
+    })
+    .await
+    .map_err(|_| EngineError::UnknownSid)??;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=UTF-8")
+        .body("ok"))
+}
+
+fn websocket_open(
+    shared: &Arc<EngineShared>,
+    req: &HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, EngineError> {
+    let (response, ws, stream) =
+        actix_ws::handle(req, body).map_err(|_| EngineError::BadRequest)?;
+    let core = open_session(shared, req, TransportKind::WebSocket)?;
+    WsConnection::start_open(shared.clone(), ws, stream, core);
+    Ok(response)
+}
+
+fn websocket_upgrade(
+    shared: &Arc<EngineShared>,
+    req: &HttpRequest,
+    body: web::Payload,
+    sid: Sid,
+) -> Result<HttpResponse, EngineError> {
+    let route = shared.registry.get(sid).ok_or(EngineError::UnknownSid)?;
+    let (response, ws, stream) =
+        actix_ws::handle(req, body).map_err(|_| EngineError::BadRequest)?;
+    match route {
+        Route::Polling(polling) => WsConnection::start_probe(shared.clone(), ws, stream, polling),
+        // A second WebSocket for a session already on one: accepted, then closed at once.
+        Route::WebSocket(_) => WsConnection::start_rejected(shared.clone(), ws, stream),
+    }
+    Ok(response)
+}
+
+/// Where a session's requests go.
+#[derive(Clone)]
+pub(crate) enum Route {
+    Polling(Addr<PollingSession>),
+    WebSocket(Addr<WsConnection>),
+}
+
+impl Route {
+    fn same(&self, other: &Route) -> bool {
+        match (self, other) {
+            (Route::Polling(a), Route::Polling(b)) => a == b,
+            (Route::WebSocket(a), Route::WebSocket(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// The process-wide map from sid to the actor that owns the session. Touched on handshakes,
+/// polls and closes; never per WebSocket frame.
+#[derive(Default)]
+pub(crate) struct Registry {
+    routes: RwLock<HashMap<Sid, Route>>,
+    /// Sessions open, counted by their slots (so a full server refuses before it allocates).
+    live: Arc<AtomicUsize>,
+}
+
+impl Registry {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Sid, Route>> {
+        self.routes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Sid, Route>> {
+        self.routes.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn get(&self, sid: Sid) -> Option<Route> {
+        self.read().get(&sid).cloned()
+    }
+
+    pub(crate) fn insert(&self, sid: Sid, route: Route) {
+        self.write().insert(sid, route);
+    }
+
+    /// Removes the entry only if it still routes to `route` (an upgrade may have replaced it).
+    pub(crate) fn remove(&self, sid: Sid, route: &Route) {
+        let mut routes = self.write();
+        if routes.get(&sid).is_some_and(|r| r.same(route)) {
+            routes.remove(&sid);
+        }
+    }
+
+    fn reserve(&self, max: usize) -> Result<SessionSlot, EngineError> {
+        let before = self.live.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return Err(EngineError::TooManySessions);
+        }
+        Ok(SessionSlot {
+            live: self.live.clone(),
+        })
+    }
+}
+
+/// One counted session; the count goes down when the session's state is dropped.
+pub(crate) struct SessionSlot {
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A session's state as its owning actor holds it; moves from the polling actor to the
+/// WebSocket actor on upgrade.
+pub(crate) struct SessionCore {
+    pub(crate) machine: Session,
+    pub(crate) handler: Box<dyn SessionHandler>,
+    pub(crate) _slot: SessionSlot,
+}
+
+impl SessionCore {
+    /// Hands every pending event to the layer above; true once the session has closed.
+    pub(crate) fn deliver(&mut self) -> bool {
+        while let Some(event) = self.machine.poll_event() {
+            match event {
+                Event::Message(text) => self.handler.on_message(text),
+                Event::Binary(data) => self.handler.on_binary(data),
+                Event::Closed(reason) => self.handler.on_close(reason),
+            }
+        }
+        self.machine.is_closed()
+    }
+
+    /// Closes the session if the layer above (or a full queue) asked for it through the outbox.
+    pub(crate) fn apply_close_request(&mut self) {
+        if let Some(reason) = self.machine.outbox().closing() {
+            self.machine.close(reason);
+        }
+    }
+}
+
+/// The one heartbeat timer of an actor that drives a [`Session`]: re-armed only when the
+/// machine's deadline changes, which is not per message.
+#[derive(Default)]
+pub(crate) struct Timer {
+    armed: Option<(Instant, SpawnHandle)>,
+}
+
+impl Timer {
+    pub(crate) fn rearm<A>(
+        &mut self,
+        deadline: Option<Instant>,
+        ctx: &mut Context<A>,
+        fire: fn(&mut A, &mut Context<A>),
+    ) where
+        A: Actor<Context = Context<A>>,
+    {
+        if self.armed.map(|(at, _)| at) == deadline {
+            return;
+        }
+        if let Some((_, handle)) = self.armed.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = deadline {
+            let delay = at.saturating_duration_since(Instant::now());
+            let handle = ctx.run_later(delay, fire);
+            self.armed = Some((at, handle));
+        }
+    }
+
+    /// The armed timer fired; its handle is spent.
+    pub(crate) fn fired(&mut self) {
+        self.armed = None;
+    }
+}

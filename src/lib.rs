@@ -1,0 +1,11 @@
+//! voxio: a realtime voice server. Engine.IO v4 and Socket.IO v5 on actix, with a voice
+//! pipeline behind the `/voice` namespace.
+//!
+//! Layers, bottom up: [`engineio`] (the protocol core and its actix drivers), then the web
+//! application in [`web`]; [`config`] holds every setting; [`protocol_test`] serves the
+//! endpoints external conformance suites drive.
+
+pub mod config;
+pub mod engineio;
+pub mod protocol_test;
+pub mod web;

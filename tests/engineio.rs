@@ -1,0 +1,691 @@
+//! Engine.IO v4 against the real server over real HTTP and WebSocket: one test per rule.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use awc::ws;
+use bytes::Bytes;
+use bytestring::ByteString;
+use common::*;
+use futures_util::SinkExt;
+use tokio::io::AsyncWriteExt;
+use voxio::engineio::{
+    CloseReason, EngineConfig, EngineHandler, Handshake, OriginPolicy, SessionHandle,
+    SessionHandler,
+};
+
+fn fast() -> EngineConfig {
+    EngineConfig {
+        ping_interval: Duration::from_millis(300),
+        ping_timeout: Duration::from_millis(200),
+        origins: OriginPolicy::Any,
+        ..EngineConfig::default()
+    }
+}
+
+#[actix_rt::test]
+async fn polling_handshake_sends_open_packet() {
+    let server = TestServer::echo(fast());
+    let client = client();
+    let (sid, open) = open_polling(&client, &server).await;
+    assert_eq!(sid.len(), 20);
+    assert_eq!(open["upgrades"], serde_json::json!(["websocket"]));
+    assert_eq!(open["pingInterval"], 300);
+    assert_eq!(open["pingTimeout"], 200);
+    assert_eq!(open["maxPayload"], 1_000_000);
+    let (other, _) = open_polling(&client, &server).await;
+    assert_ne!(sid, other);
+    server.wait_sessions(2).await;
+}
+
+#[actix_rt::test]
+async fn websocket_handshake_sends_open_packet_first() {
+    let server = TestServer::echo(fast());
+    let mut conn = ws_connect(&server.ws_url("transport=websocket")).await;
+    let open = ws_text(&mut conn).await;
+    assert!(open.starts_with("0{"), "{open}");
+    let json: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+    assert_eq!(json["upgrades"], serde_json::json!([]));
+    assert_eq!(json["sid"].as_str().unwrap().len(), 20);
+}
+
+#[actix_rt::test]
+async fn bad_requests_get_the_protocol_error_codes() {
+    let server = TestServer::echo(fast());
+    let client = client();
+    let base = format!("http://{}/engine.io/", server.addr);
+    let cases = [
+        ("?EIO=4&transport=__proto__", 0),
+        ("?EIO=4&transport=flashsocket", 0),
+        ("?EIO=4", 0),
+        ("?EIO=3&transport=polling", 5),
+        ("?transport=polling", 5),
+        ("?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAAAAAA", 1),
+        ("?EIO=4&transport=polling&sid=not-a-sid", 1),
+        // A WebSocket transport without the Upgrade header.
+        ("?EIO=4&transport=websocket", 3),
+    ];
+    for (query, code) in cases {
+        let answer = get(&client, &format!("{base}{query}")).await;
+        assert_eq!(answer.status, 400, "{query}");
+        assert_eq!(answer.code(), code, "{query}: {}", answer.text());
+    }
+    // A handshake must be a GET.
+    let answer = post(&client, &server.url("transport=polling"), "4x").await;
+    assert_eq!((answer.status, answer.code()), (400, 2));
+    // Other methods on a session are bad requests.
+    let (sid, _) = open_polling(&client, &server).await;
+    let mut res = client
+        .put(server.url(&format!("transport=polling&sid={sid}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], 3);
+    assert_eq!(body["message"], "Bad request");
+}
+
+#[actix_rt::test]
+async fn polling_echoes_text_and_binary_batched_in_one_get() {
+    let server = TestServer::echo(fast());
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    let url = server.url(&format!("transport=polling&sid={sid}"));
+    let answer = post(&client, &url, "4hello\x1ebAQID\x1e4é").await;
+    assert_eq!((answer.status, answer.text()), (200, "ok"));
+    let answer = get(&client, &url).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "4hello\x1ebAQID\x1e4é");
+}
+
+#[actix_rt::test]
+async fn get_answers_respect_max_payload() {
+    let server = TestServer::echo(EngineConfig {
+        max_payload: 100,
+        ..fast()
+    });
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    let url = server.url(&format!("transport=polling&sid={sid}"));
+    let message = format!("4{}", "x".repeat(30)); // 31 bytes
+    let body = [message.as_str(); 3].join("\x1e"); // 95 bytes
+    assert_eq!(post(&client, &url, body.clone()).await.status, 200);
+    assert_eq!(post(&client, &url, body).await.status, 200);
+    let mut received = 0;
+    while received < 6 {
+        let answer = get(&client, &url).await;
+        assert!(answer.body.len() <= 100, "{} bytes", answer.body.len());
+        received += answer
+            .text()
+            .split('\x1e')
+            .filter(|p| *p == message)
+            .count();
+    }
+    assert_eq!(received, 6);
+}
+
+#[actix_rt::test]
+async fn concurrent_get_closes_the_session() {
+    let server = TestServer::echo(EngineConfig {
+        ping_interval: Duration::from_secs(10),
+        ..fast()
+    });
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    let url = server.url(&format!("transport=polling&sid={sid}"));
+    let first = actix_rt::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { get(&client, &url).await }
+    });
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    let second = get(&client, &url).await;
+    assert_eq!((second.status, second.code()), (400, 3));
+    let first = first.await.unwrap();
+    assert_eq!(
+        (first.status, first.text()),
+        (200, "1"),
+        "the waiting poll gets a close packet"
+    );
+    let after = get(&client, &url).await;
+    assert_eq!((after.status, after.code()), (400, 1));
+    server.wait_sessions(0).await;
+}
+
+#[actix_rt::test]
+async fn concurrent_post_closes_the_session() {
+    let server = TestServer::echo(fast());
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    let path = format!("/engine.io/?EIO=4&transport=polling&sid={sid}");
+    // A POST whose body is announced but not sent yet.
+    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n4par");
+    let mut slow = raw_connect(server.addr, head.as_bytes()).await;
+    actix_rt::time::sleep(Duration::from_millis(150)).await;
+    let url = server.url(&format!("transport=polling&sid={sid}"));
+    let second = post(&client, &url, "4x").await;
+    assert_eq!(second.status, 400, "{}", second.text());
+    assert_eq!(second.code(), 3);
+    let after = get(&client, &url).await;
+    assert_eq!((after.status, after.code()), (400, 1));
+    drop(slow.shutdown().await);
+}
+
+#[actix_rt::test]
+async fn octet_stream_post_is_refused_at_once() {
+    let server = TestServer::echo(fast());
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    let head = format!(
+        "POST /engine.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
+    );
+    // The body never comes; the answer must not wait for it.
+    let mut stream = raw_connect(server.addr, head.as_bytes()).await;
+    let (status, text) = raw_response(&mut stream, Duration::from_secs(3)).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains(r#""code":3"#), "{text}");
+}
+
+#[actix_rt::test]
+async fn oversized_post_gets_413() {
+    let server = TestServer::echo(EngineConfig {
+        max_payload: 1000,
+        ..fast()
+    });
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    let url = server.url(&format!("transport=polling&sid={sid}"));
+    let big = format!("4{}", "y".repeat(1000));
+    let answer = post(&client, &url, big.clone()).await;
+    assert_eq!((answer.status, answer.code()), (413, 3));
+    // The same without a Content-Length: the limit holds while reading.
+    let chunks = futures_util::stream::iter(
+        big.into_bytes()
+            .chunks(100)
+            .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    let res = client.post(url.clone()).send_stream(chunks).await.unwrap();
+    assert_eq!(res.status().as_u16(), 413);
+    // The session is still usable: nothing was lost.
+    assert_eq!(post(&client, &url, "4small").await.status, 200);
+    assert_eq!(get(&client, &url).await.text(), "4small");
+}
+
+#[actix_rt::test]
+async fn bad_payload_closes_the_session() {
+    let server = TestServer::echo(fast());
+    let client = client();
+    for bad in ["", "9nope", "b!!!", "4ok\x1e"] {
+        let (sid, _) = open_polling(&client, &server).await;
+        let url = server.url(&format!("transport=polling&sid={sid}"));
+        let answer = post(&client, &url, bad).await;
+        assert_eq!(answer.status, 400, "{bad:?}");
+        let after = get(&client, &url).await;
+        assert_eq!(after.status, 400, "{bad:?} closes the session");
+    }
+    server.wait_sessions(0).await;
+}
+
+#[actix_rt::test]
+async fn close_packet_ends_a_polling_session() {
+    let server = TestServer::echo(fast());
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    let url = server.url(&format!("transport=polling&sid={sid}"));
+    assert_eq!(post(&client, &url, "1").await.status, 200);
+    server.wait_sessions(0).await;
+    assert_eq!(get(&client, &url).await.code(), 1);
+}
+
+#[actix_rt::test]
+async fn polling_heartbeat_first_ping_after_interval_then_timeout() {
+    let server = TestServer::echo(fast());
+    let client = client();
+    let started = Instant::now();
+    let (sid, _) = open_polling(&client, &server).await;
+    let url = server.url(&format!("transport=polling&sid={sid}"));
+    let answer = get(&client, &url).await;
+    assert_eq!(answer.text(), "2");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(post(&client, &url, "3").await.status, 200);
+    assert_eq!(
+        get(&client, &url).await.text(),
+        "2",
+        "pings go on after a pong"
+    );
+    // No pong now: the session dies after pingTimeout.
+    server.wait_sessions(0).await;
+}
+
+#[actix_rt::test]
+async fn websocket_echoes_text_and_binary() {
+    let server = TestServer::echo(fast());
+    let mut conn = ws_connect(&server.ws_url("transport=websocket")).await;
+    ws_text(&mut conn).await;
+    ws_send(&mut conn, "4hello").await;
+    assert_eq!(ws_text(&mut conn).await, "4hello");
+    let audio: Vec<u8> = (0..640u32).map(|i| i as u8).collect();
+    conn.send(ws::Message::Binary(Bytes::from(audio.clone())))
+        .await
+        .unwrap();
+    match ws_next(&mut conn).await {
+        Some(ws::Frame::Binary(data)) => assert_eq!(&data[..], &audio[..]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[actix_rt::test]
+async fn websocket_heartbeat_and_ping_timeout() {
+    let server = TestServer::echo(fast());
+    let mut conn = ws_connect(&server.ws_url("transport=websocket")).await;
+    let started = Instant::now();
+    ws_text(&mut conn).await;
+    assert_eq!(ws_text(&mut conn).await, "2");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    ws_send(&mut conn, "3").await;
+    assert_eq!(ws_text(&mut conn).await, "2");
+    // No pong: closed after pingTimeout, with a close packet first.
+    assert_eq!(ws_text(&mut conn).await, "1");
+    assert_eq!(ws_closed(&mut conn).await, Some(1000));
+    server.wait_sessions(0).await;
+}
+
+#[actix_rt::test]
+async fn websocket_max_payload_closes_with_1009() {
+    let server = TestServer::echo(EngineConfig {
+        max_payload: 1000,
+        ..fast()
+    });
+    let mut conn = ws_connect(&server.ws_url("transport=websocket")).await;
+    ws_text(&mut conn).await;
+    ws_send(&mut conn, &format!("4{}", "z".repeat(1000))).await;
+    assert_eq!(ws_closed(&mut conn).await, Some(1009));
+    server.wait_sessions(0).await;
+}
+
+#[actix_rt::test]
+async fn websocket_fragments_are_bounded() {
+    let server = TestServer::echo(EngineConfig {
+        max_fragments: 4,
+        ..fast()
+    });
+    // Within the limit: reassembled and echoed.
+    let mut conn = ws_connect(&server.ws_url("transport=websocket")).await;
+    ws_text(&mut conn).await;
+    for item in [
+        actix_ws::Item::FirstText(Bytes::from_static(b"4fr")),
+        actix_ws::Item::Continue(Bytes::from_static(b"ag")),
+        actix_ws::Item::Last(Bytes::from_static(b"ment")),
+    ] {
+        conn.send(ws::Message::Continuation(item)).await.unwrap();
+    }
+    assert_eq!(ws_text(&mut conn).await, "4fragment");
+    // A flood of tiny fragments: closed with 1009.
+    conn.send(ws::Message::Continuation(actix_ws::Item::FirstText(
+        Bytes::from_static(b"4"),
+    )))
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        if conn
+            .send(ws::Message::Continuation(actix_ws::Item::Continue(
+                Bytes::from_static(b"x"),
+            )))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(ws_closed(&mut conn).await, Some(1009));
+    server.wait_sessions(0).await;
+}
+
+#[actix_rt::test]
+async fn websocket_bad_packet_closes() {
+    let server = TestServer::echo(fast());
+    let mut conn = ws_connect(&server.ws_url("transport=websocket")).await;
+    ws_text(&mut conn).await;
+    ws_send(&mut conn, "x").await;
+    assert_eq!(ws_text(&mut conn).await, "1");
+    assert_eq!(ws_closed(&mut conn).await, Some(1002));
+    server.wait_sessions(0).await;
+}
+
+#[actix_rt::test]
+async fn upgrade_from_polling_to_websocket() {
+    let server = TestServer::echo(EngineConfig {
+        ping_interval: Duration::from_secs(10),
+        ..fast()
+    });
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    let url = server.url(&format!("transport=polling&sid={sid}"));
+    // A poll waits while the WebSocket probes.
+    let waiting = actix_rt::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { get(&client, &url).await }
+    });
+    actix_rt::time::sleep(Duration::from_millis(50)).await;
+    let mut conn = ws_connect(&server.ws_url(&format!("transport=websocket&sid={sid}"))).await;
+    ws_send(&mut conn, "2probe").await;
+    assert_eq!(ws_text(&mut conn).await, "3probe");
+    let waiting = waiting.await.unwrap();
+    assert_eq!((waiting.status, waiting.text()), (200, "6"));
+    // Polls during the upgrade get noop at once.
+    assert_eq!(get(&client, &url).await.text(), "6");
+    // A message posted during the upgrade is answered on the new transport, in order.
+    assert_eq!(post(&client, &url, "4before").await.status, 200);
+    let noop_or_data = get(&client, &url).await;
+    assert_eq!(noop_or_data.status, 200);
+    ws_send(&mut conn, "5").await;
+    ws_send(&mut conn, "4after").await;
+    let mut echoed = Vec::new();
+    if noop_or_data.text() == "4before" {
+        echoed.push("4before".to_owned());
+    }
+    while echoed.len() < 2 {
+        echoed.push(ws_text(&mut conn).await);
+    }
+    assert_eq!(echoed, ["4before", "4after"]);
+    // Polling is refused from now on.
+    let refused = get(&client, &url).await;
+    assert_eq!((refused.status, refused.code()), (400, 3));
+    let refused = post(&client, &url, "4x").await;
+    assert_eq!((refused.status, refused.code()), (400, 3));
+    // A second WebSocket for the session is closed.
+    let mut second = ws_connect(&server.ws_url(&format!("transport=websocket&sid={sid}"))).await;
+    assert!(ws_closed(&mut second).await.is_some());
+    // The first one still works.
+    ws_send(&mut conn, "4still").await;
+    assert_eq!(ws_text(&mut conn).await, "4still");
+    assert_eq!(server.engine.session_count(), 1);
+}
+
+#[actix_rt::test]
+async fn second_probe_while_upgrading_is_closed() {
+    let server = TestServer::echo(fast());
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    let ws_url = server.ws_url(&format!("transport=websocket&sid={sid}"));
+    let mut first = ws_connect(&ws_url).await;
+    ws_send(&mut first, "2probe").await;
+    assert_eq!(ws_text(&mut first).await, "3probe");
+    let mut second = ws_connect(&ws_url).await;
+    assert_eq!(ws_closed(&mut second).await, Some(1008));
+}
+
+#[actix_rt::test]
+async fn unfinished_upgrade_is_torn_down_after_upgrade_timeout() {
+    let server = TestServer::echo(EngineConfig {
+        upgrade_timeout: Duration::from_millis(200),
+        ping_interval: Duration::from_secs(10),
+        ..fast()
+    });
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    let url = server.url(&format!("transport=polling&sid={sid}"));
+    let ws_url = server.ws_url(&format!("transport=websocket&sid={sid}"));
+    let mut probe = ws_connect(&ws_url).await;
+    ws_send(&mut probe, "2probe").await;
+    assert_eq!(ws_text(&mut probe).await, "3probe");
+    assert_eq!(ws_closed(&mut probe).await, Some(1008));
+    // The session carries on polling, and may upgrade again.
+    assert_eq!(post(&client, &url, "4still polling").await.status, 200);
+    assert_eq!(get(&client, &url).await.text(), "4still polling");
+    let mut again = ws_connect(&ws_url).await;
+    ws_send(&mut again, "2probe").await;
+    assert_eq!(ws_text(&mut again).await, "3probe");
+    ws_send(&mut again, "5").await;
+    ws_send(&mut again, "4upgraded").await;
+    assert_eq!(ws_text(&mut again).await, "4upgraded");
+    assert_eq!(server.engine.session_count(), 1);
+}
+
+#[actix_rt::test]
+async fn websocket_with_unknown_sid_is_refused() {
+    let server = TestServer::echo(fast());
+    let res = client()
+        .ws(server.ws_url("transport=websocket&sid=AAAAAAAAAAAAAAAAAAAA"))
+        .connect()
+        .await;
+    match res {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 400)
+        }
+        other => panic!("expected 400, got {:?}", other.map(|(r, _)| r.status())),
+    }
+}
+
+#[actix_rt::test]
+async fn origin_is_checked_on_both_transports() {
+    let server = TestServer::echo(EngineConfig {
+        origins: OriginPolicy::List(vec!["http://good.test".into()]),
+        ..fast()
+    });
+    let client = client();
+    let polling = client
+        .get(server.url("transport=polling"))
+        .insert_header(("Origin", "http://evil.test"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(polling.as_u16(), 403);
+    let mut ok = client
+        .get(server.url("transport=polling"))
+        .insert_header(("Origin", "http://good.test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(
+        ok.headers().get("access-control-allow-origin").unwrap(),
+        "http://good.test"
+    );
+    let body = ok.body().await.unwrap();
+    let open: serde_json::Value = serde_json::from_slice(&body[1..]).unwrap();
+    let sid = open["sid"].as_str().unwrap();
+    // A poll and an upgrade from the wrong origin on an existing session.
+    let poll = client
+        .get(server.url(&format!("transport=polling&sid={sid}")))
+        .insert_header(("Origin", "http://evil.test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.status().as_u16(), 403);
+    for query in [
+        "transport=websocket".to_owned(),
+        format!("transport=websocket&sid={sid}"),
+    ] {
+        let res = client
+            .ws(server.ws_url(&query))
+            .origin("http://evil.test")
+            .connect()
+            .await;
+        match res {
+            Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+                assert_eq!(status.as_u16(), 403, "{query}")
+            }
+            other => panic!("expected 403, got {:?}", other.map(|(r, _)| r.status())),
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn session_limit_answers_503() {
+    let server = TestServer::echo(EngineConfig {
+        max_sessions: 2,
+        ..fast()
+    });
+    let client = client();
+    open_polling(&client, &server).await;
+    open_polling(&client, &server).await;
+    let third = get(&client, &server.url("transport=polling")).await;
+    assert_eq!((third.status, third.code()), (503, 3));
+    let res = client
+        .ws(server.ws_url("transport=websocket"))
+        .connect()
+        .await;
+    assert!(res.is_err(), "a WebSocket handshake is refused too");
+}
+
+#[actix_rt::test]
+async fn a_slow_client_overflows_its_queue_and_is_closed() {
+    let server = TestServer::echo(EngineConfig {
+        outbound_queue: 4,
+        ping_interval: Duration::from_secs(10),
+        ..fast()
+    });
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    let url = server.url(&format!("transport=polling&sid={sid}"));
+    // Ten echoes queued for a client that does not poll.
+    let body = ["4m"; 10].join("\x1e");
+    post(&client, &url, body).await;
+    let answer = get(&client, &url).await;
+    assert_eq!(
+        answer.text(),
+        "4m\x1e4m\x1e4m\x1e4m\x1e1",
+        "what fit, then a close packet"
+    );
+    server.wait_sessions(0).await;
+}
+
+/// Echo that also records which threads opened sessions.
+struct ThreadRecorder(Arc<Mutex<HashSet<std::thread::ThreadId>>>);
+
+impl EngineHandler for ThreadRecorder {
+    fn on_open(&self, session: SessionHandle, h: &Handshake) -> Box<dyn SessionHandler> {
+        self.0.lock().unwrap().insert(std::thread::current().id());
+        voxio::protocol_test::Echo.on_open(session, h)
+    }
+}
+
+/// Counts closes and their reasons.
+struct CloseCounter(Arc<Mutex<Vec<CloseReason>>>, SessionHandle);
+
+impl SessionHandler for CloseCounter {
+    fn on_message(&mut self, text: ByteString) {
+        let _ = self.1.send_text(&text);
+    }
+    fn on_binary(&mut self, data: Bytes) {
+        let _ = self.1.send_binary(data);
+    }
+    fn on_close(&mut self, reason: CloseReason) {
+        self.0.lock().unwrap().push(reason);
+    }
+}
+
+struct Closes(Arc<Mutex<Vec<CloseReason>>>);
+
+impl EngineHandler for Closes {
+    fn on_open(&self, session: SessionHandle, _: &Handshake) -> Box<dyn SessionHandler> {
+        Box::new(CloseCounter(self.0.clone(), session))
+    }
+}
+
+#[actix_rt::test]
+async fn close_reasons_reach_the_layer_above() {
+    let closes = Arc::new(Mutex::new(Vec::new()));
+    let server = TestServer::start(fast(), Arc::new(Closes(closes.clone())));
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    post(
+        &client,
+        &server.url(&format!("transport=polling&sid={sid}")),
+        "1",
+    )
+    .await;
+    let mut conn = ws_connect(&server.ws_url("transport=websocket")).await;
+    ws_text(&mut conn).await;
+    ws_send(&mut conn, "x").await;
+    ws_closed(&mut conn).await;
+    open_polling(&client, &server).await; // left to time out
+    server.wait_sessions(0).await;
+    let mut seen = closes.lock().unwrap().clone();
+    seen.sort_by_key(|r| r.as_str());
+    assert_eq!(
+        seen,
+        [
+            CloseReason::ParseError,
+            CloseReason::PingTimeout,
+            CloseReason::TransportClose
+        ]
+    );
+}
+
+#[actix_rt::test]
+async fn two_hundred_polling_sessions_across_workers() {
+    let threads = Arc::new(Mutex::new(HashSet::new()));
+    let server = Arc::new(TestServer::start(
+        fast(),
+        Arc::new(ThreadRecorder(threads.clone())),
+    ));
+    let client = client();
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let (client, server) = (client.clone(), server.clone());
+        tasks.push(actix_rt::spawn(async move {
+            let (sid, _) = open_polling(&client, &server).await;
+            let url = server.url(&format!("transport=polling&sid={sid}"));
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let mut echoes = 0;
+            let mut pings = 0;
+            let mut round = 0;
+            while Instant::now() < deadline {
+                let message = format!("4s{n}r{round}");
+                assert_eq!(post(&client, &url, message.clone()).await.status, 200);
+                round += 1;
+                // Read until our echo is back, answering pings on the way.
+                loop {
+                    let answer = get(&client, &url).await;
+                    assert_eq!(answer.status, 200, "session {n}: {}", answer.text());
+                    let mut got = false;
+                    for packet in answer.text().split('\x1e') {
+                        if packet == "2" {
+                            pings += 1;
+                            assert_eq!(post(&client, &url, "3").await.status, 200);
+                        } else {
+                            assert_eq!(packet, message, "session {n}");
+                            echoes += 1;
+                            got = true;
+                        }
+                    }
+                    if got {
+                        break;
+                    }
+                }
+                actix_rt::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(post(&client, &url, "1").await.status, 200);
+            (echoes, pings)
+        }));
+    }
+    let mut total_pings = 0;
+    for task in tasks {
+        let (echoes, pings) = task.await.expect("session task");
+        assert!(echoes > 5);
+        total_pings += pings;
+    }
+    assert!(total_pings >= 200, "every session saw pings: {total_pings}");
+    server.wait_sessions(0).await;
+    assert_eq!(
+        threads.lock().unwrap().len(),
+        2,
+        "sessions opened on both workers"
+    );
+}
