@@ -8,4 +8,5 @@
 pub mod config;
 pub mod engineio;
 pub mod protocol_test;
+pub mod socketio;
 pub mod web;

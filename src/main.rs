@@ -6,7 +6,9 @@ use actix_web::{App, HttpServer};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use voxio::config::{Cli, Command};
+use voxio::engineio::Engine;
 use voxio::protocol_test;
+use voxio::socketio::{SocketIo, SocketIoConfig};
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
@@ -16,17 +18,17 @@ async fn main() -> std::io::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::ProtocolTest { port }) => {
-            let engine = protocol_test::echo_engine(protocol_test::engine_config());
+            let endpoints = std::sync::Arc::new(protocol_test::ProtocolTest::new());
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let server =
-                HttpServer::new(move || App::new().configure(protocol_test::configure(&engine)))
-                    .bind(addr)?;
-            tracing::info!("protocol test server on http://{addr} (/engine.io/ echoes)");
+            let server = HttpServer::new(move || App::new().configure(endpoints.configure()))
+                .bind(addr)?;
+            tracing::info!("protocol test server on http://{addr}: /engine.io/ and /socket.io/");
             server.run().await
         }
         None => {
             let args = cli.server;
-            let engine = protocol_test::echo_engine(args.engine.engine_config());
+            let io = SocketIo::new(SocketIoConfig::default());
+            let engine = Engine::new(args.engine.engine_config(), io.engine_handler());
             let static_dir = args.static_dir.clone();
             let mut server = HttpServer::new(move || {
                 App::new().configure(voxio::web::configure(&engine, &static_dir))

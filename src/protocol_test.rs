@@ -1,8 +1,20 @@
 //! `voxio protocol-test`: endpoints for external conformance suites.
 //!
-//! `/engine.io/` echoes every message, text or binary, back to its sender, with the timings the
-//! public Engine.IO test suite expects (pingInterval 300 ms, pingTimeout 200 ms, maxPayload
-//! 1,000,000) and any Origin allowed.
+//! Both endpoints use the timings the public test suites expect (pingInterval 300 ms,
+//! pingTimeout 200 ms, maxPayload 1,000,000) and allow any Origin.
+//!
+//! - `/engine.io/` echoes every message, text or binary, back to its sender.
+//! - `/socket.io/` serves namespaces `/` and `/custom` (connectTimeout 1,000 ms): on connection
+//!   each emits `auth` with the CONNECT auth payload (`{}` when none); on `/`, `message` is
+//!   answered by emitting `message-back` with the same arguments, and `message-with-ack` is
+//!   acknowledged with the same arguments, binaries kept.
+//!
+//! voxio's own interop tests use a few more events on `/` and one more namespace:
+//! `join` (room) joins a room; `to-room` (room, ...args) emits `room-message` with the args to
+//! that room, sender included; `ask` (...args) emits `question` with the args and an ack
+//! request, then emits `answer` with what the client acked; `server-disconnect` disconnects the
+//! socket; `close-transport` closes the connection under it. `/refused` refuses every CONNECT
+//! with message `refused` and data `{"reason":"test"}`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +27,7 @@ use crate::engineio::{
     CloseReason, Engine, EngineConfig, EngineHandler, Handshake, OriginPolicy, SessionHandle,
     SessionHandler,
 };
+use crate::socketio::{ConnectError, Payload, Socket, SocketIo, SocketIoConfig};
 
 /// The Engine.IO settings of the protocol test server.
 pub fn engine_config() -> EngineConfig {
@@ -56,9 +69,104 @@ pub fn echo_engine(config: EngineConfig) -> Engine {
     Engine::new(config, Arc::new(Echo))
 }
 
-/// Mounts the protocol test endpoints on an app.
-pub fn configure(engine: &Engine) -> impl FnOnce(&mut ServiceConfig) + '_ {
-    move |cfg| {
-        cfg.service(engine.resource("/engine.io/"));
+/// The Socket.IO side of the protocol test server.
+pub fn socketio() -> SocketIo {
+    let io = SocketIo::new(SocketIoConfig {
+        connect_timeout: Duration::from_millis(1000),
+        ..SocketIoConfig::default()
+    });
+    io.namespace("/", |ns| {
+        ns.on_connect(emit_auth)
+            .on("message", |socket, event| {
+                let _ = socket.emit("message-back", event.data);
+            })
+            .on("message-with-ack", |_, event| {
+                if let Some(ack) = event.ack {
+                    let _ = ack.send(event.data);
+                }
+            })
+            .on("join", |socket, event| {
+                if let Ok(room) = event.data.get::<String>(0) {
+                    socket.join(room);
+                }
+                if let Some(ack) = event.ack {
+                    let _ = ack.send(Payload::new());
+                }
+            })
+            .on("to-room", |socket, mut event| {
+                let Ok(room) = event.data.get::<String>(0) else {
+                    return;
+                };
+                event.data.args.remove(0);
+                socket.ns().to(room).emit("room-message", event.data);
+            })
+            .on("ask", |socket, event| {
+                let asked = socket.emit_with_ack("question", event.data, Duration::from_secs(2));
+                let socket = socket.clone();
+                actix_rt::spawn(async move {
+                    let answer = match asked.await {
+                        Ok(payload) => payload,
+                        Err(error) => Payload::new().arg(error.to_string()),
+                    };
+                    let _ = socket.emit("answer", answer);
+                });
+            })
+            .on("server-disconnect", |socket, _| socket.disconnect())
+            .on("close-transport", |socket, _| socket.close_connection());
+    });
+    io.namespace("/custom", |ns| {
+        ns.on_connect(emit_auth);
+    });
+    io.namespace("/refused", |ns| {
+        ns.middleware(|_| {
+            Err(ConnectError::new("refused").with_data(serde_json::json!({ "reason": "test" })))
+        });
+    });
+    io
+}
+
+/// Emits `auth` with the socket's CONNECT auth payload (`{}` when none).
+fn emit_auth(socket: &Socket) {
+    let auth = socket
+        .auth()
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    let _ = socket.emit("auth", auth);
+}
+
+/// The protocol test server's two engines: `/engine.io/` (echo) and `/socket.io/`.
+pub struct ProtocolTest {
+    /// The echo endpoint.
+    pub echo: Engine,
+    /// The Socket.IO endpoint.
+    pub socketio: Engine,
+}
+
+impl ProtocolTest {
+    /// Both endpoints with the test suites' settings.
+    pub fn new() -> ProtocolTest {
+        ProtocolTest::with_config(engine_config())
+    }
+
+    /// Both endpoints with other Engine.IO settings (voxio's own tests tune timings).
+    pub fn with_config(config: EngineConfig) -> ProtocolTest {
+        ProtocolTest {
+            echo: echo_engine(config.clone()),
+            socketio: Engine::new(config, socketio().engine_handler()),
+        }
+    }
+
+    /// Mounts both endpoints on an app.
+    pub fn configure(&self) -> impl FnOnce(&mut ServiceConfig) + '_ {
+        move |cfg| {
+            cfg.service(self.echo.resource("/engine.io/"))
+                .service(self.socketio.resource("/socket.io/"));
+        }
+    }
+}
+
+impl Default for ProtocolTest {
+    fn default() -> Self {
+        ProtocolTest::new()
     }
 }

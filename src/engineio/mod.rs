@@ -32,7 +32,7 @@ use bytestring::ByteString;
 
 pub use config::{EngineConfig, OriginPolicy, Transports};
 pub use error::EngineError;
-pub use outbox::{SendError, SessionHandle};
+pub use outbox::{MessageFrame, SendError, SessionHandle};
 pub use server::Engine;
 pub use sid::Sid;
 

@@ -87,6 +87,33 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues several packets as one unit (a Socket.IO binary packet and its attachments): all
+    /// of them, contiguous, or none.
+    pub(crate) fn push_all(
+        &self,
+        frames: &[MessageFrame],
+        volatile: bool,
+    ) -> Result<(), SendError> {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return Err(SendError::Closed);
+        }
+        if state.frames.len() + frames.len() > self.capacity {
+            if volatile {
+                self.volatile_dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                state.closing = Some(CloseReason::OutboundOverflow);
+                drop(state);
+                self.wake.notify_one();
+            }
+            return Err(SendError::Full);
+        }
+        state.frames.extend(frames.iter().map(|f| f.0.clone()));
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
     /// Queues a control packet of the protocol itself; refused only once closing.
     pub(crate) fn push_control(&self, frame: OutFrame) {
         let mut state = self.lock();
@@ -160,6 +187,44 @@ impl Outbox {
     }
 }
 
+/// A message ready to send: encoded once, cheap to clone, so one broadcast packet is shared by
+/// every session it goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageFrame(OutFrame);
+
+impl MessageFrame {
+    /// A text message.
+    pub fn text(text: &str) -> MessageFrame {
+        MessageFrame(OutFrame::message(text))
+    }
+
+    /// A text message written by `write` straight into the frame's buffer (no second copy).
+    /// `capacity` is a size hint. Bytes that are not UTF-8 are replaced (U+FFFD).
+    pub fn build(capacity: usize, write: impl FnOnce(&mut Vec<u8>)) -> MessageFrame {
+        let mut frame = Vec::with_capacity(capacity + 1);
+        frame.push(b'4');
+        write(&mut frame);
+        let text = match String::from_utf8(frame) {
+            Ok(text) => text,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+        MessageFrame(OutFrame::Text(text.into()))
+    }
+
+    /// A binary message.
+    pub fn binary(data: Bytes) -> MessageFrame {
+        MessageFrame(OutFrame::Binary(data))
+    }
+
+    /// The message's text, for a text message.
+    pub fn as_text(&self) -> Option<&str> {
+        match &self.0 {
+            OutFrame::Text(text) => Some(&text[1..]),
+            OutFrame::Binary(_) => None,
+        }
+    }
+}
+
 /// The layer above's handle on one Engine.IO session: `Clone`, `Send`, usable from any thread.
 ///
 /// Sending never blocks and never waits for the client: packets go to the session's bounded
@@ -185,17 +250,10 @@ impl SessionHandle {
         self.outbox.push(OutFrame::message(text), false)
     }
 
-    /// Sends a text message built by `write` straight into the frame buffer (no second copy).
-    /// `capacity` is a size hint.
-    pub fn send_text_with(
-        &self,
-        capacity: usize,
-        write: impl FnOnce(&mut String),
-    ) -> Result<(), SendError> {
-        let mut frame = String::with_capacity(capacity + 1);
-        frame.push('4');
-        write(&mut frame);
-        self.outbox.push(OutFrame::Text(frame.into()), false)
+    /// Sends prepared messages as one unit: all of them, back to back, or none. With
+    /// `volatile`, a full queue drops them instead of closing the session.
+    pub fn send_frames(&self, frames: &[MessageFrame], volatile: bool) -> Result<(), SendError> {
+        self.outbox.push_all(frames, volatile)
     }
 
     /// Sends a binary message.
@@ -217,6 +275,12 @@ impl SessionHandle {
     /// client gets a close packet and `on_close` runs with [`CloseReason::ServerClose`].
     pub fn close(&self) {
         self.outbox.close(CloseReason::ServerClose);
+    }
+
+    /// Closes the session for `reason` (for example [`CloseReason::ParseError`] when the layer
+    /// above could not make sense of what the client sent).
+    pub fn close_with(&self, reason: CloseReason) {
+        self.outbox.close(reason);
     }
 
     /// Whether the session is closed or closing.
@@ -250,6 +314,26 @@ mod tests {
         let mut frames = Vec::new();
         outbox.drain_into(&mut frames);
         assert_eq!(frames, vec![OutFrame::message("a"), OutFrame::message("b")]);
+    }
+
+    #[test]
+    fn frames_go_as_one_unit_or_not_at_all() {
+        let outbox = Arc::new(Outbox::new(3));
+        let handle = SessionHandle::new(Sid::generate(), outbox.clone());
+        let unit = [
+            MessageFrame::text("51-[\"a\"]"),
+            MessageFrame::binary(Bytes::from_static(b"x")),
+        ];
+        handle.send_frames(&unit, true).unwrap();
+        assert_eq!(handle.send_frames(&unit, true), Err(SendError::Full));
+        assert!(!handle.is_closed(), "volatile: dropped, not closed");
+        let mut frames = Vec::new();
+        outbox.drain_into(&mut frames);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(
+            MessageFrame::build(4, |b| b.extend_from_slice(b"hi")).as_text(),
+            Some("hi")
+        );
     }
 
     #[test]

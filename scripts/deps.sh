@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what voxio needs, idempotently: each step checks first and does nothing when
+# everything is already there. Sourced by scripts/serve and scripts/test.
+#   deps_build  - Debian packages the Rust build links against
+#   deps_test   - everything the test suite drives: Node clients, Python clients, redis-server
+set -euo pipefail
+
+VOXIO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# Debian packages needed to build voxio (C libraries for -sys crates, pkg-config).
+BUILD_PACKAGES=(pkg-config)
+# Debian packages the tests need besides the build ones.
+TEST_PACKAGES=(nodejs npm redis-server python3-venv)
+
+_apt_updated=0
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  # A tool already on PATH from elsewhere (node, redis-server) counts as installed.
+  local still=()
+  for pkg in "${missing[@]}"; do
+    case "$pkg" in
+      nodejs) command -v node >/dev/null || still+=("$pkg") ;;
+      npm) command -v npm >/dev/null || still+=("$pkg") ;;
+      redis-server) command -v redis-server >/dev/null || still+=("$pkg") ;;
+      python3-venv) python3 -m venv --help >/dev/null 2>&1 || still+=("$pkg") ;;
+      *) still+=("$pkg") ;;
+    esac
+  done
+  [ ${#still[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ "$_apt_updated" -eq 0 ]; then
+    $sudo apt-get update -qq
+    _apt_updated=1
+  fi
+  echo "deps: installing Debian packages: ${still[*]}"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${still[@]}"
+}
+
+deps_build() {
+  command -v cargo >/dev/null || { echo "deps: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+  apt_install "${BUILD_PACKAGES[@]}"
+}
+
+# npm packages of a folder with a package-lock.json, installed only when the lock changed.
+npm_install() {
+  local dir="$1"
+  if ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.json" 2>/dev/null; then
+    echo "deps: npm ci in ${dir#"$VOXIO_ROOT"/}"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+
+deps_test() {
+  deps_build
+  apt_install "${TEST_PACKAGES[@]}"
+  npm_install "$VOXIO_ROOT/tests/interop"
+}

@@ -1,0 +1,144 @@
+//! Socket.IO v5 on top of the Engine.IO core.
+//!
+//! - [`packet`]: the parser and encoder (strict, panic-free, binary attachments);
+//! - [`SocketIo`]: the server, an [`EngineHandler`](crate::engineio::EngineHandler) that keeps
+//!   namespaces, each with connect middleware, event handlers, rooms and broadcast;
+//! - [`Socket`]: one client in one namespace: emit (reliable or volatile, with or without an
+//!   ack), join and leave rooms, disconnect, per-socket state.
+//!
+//! Handlers run on the actor that owns the connection, in the order packets arrived, and must
+//! not block: anything slow goes to another actor or task.
+//!
+//! ```no_run
+//! use voxio::socketio::{Payload, SocketIo, SocketIoConfig};
+//! let io = SocketIo::new(SocketIoConfig::default());
+//! io.namespace("/", |ns| {
+//!     ns.on("ping", |socket, event| {
+//!         if let Some(ack) = event.ack {
+//!             ack.send(Payload::from("pong"));
+//!         }
+//!         let _ = socket.emit("seen", event.data);
+//!     });
+//! });
+//! ```
+
+mod namespace;
+pub mod packet;
+mod session;
+mod socket;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub use namespace::{BroadcastOperator, ConnectError, ConnectRequest, Namespace, NamespaceBuilder};
+pub use packet::Payload;
+pub use socket::{AckError, AckSender, DisconnectReason, EmitError, Event, Extensions, Socket};
+
+use crate::engineio::{EngineHandler, Handshake, SessionHandle, SessionHandler};
+
+/// Socket.IO server settings, each with its documented default.
+#[derive(Debug, Clone)]
+pub struct SocketIoConfig {
+    /// How long a connection may go without joining a namespace before it is closed.
+    /// Default 45 s.
+    pub connect_timeout: Duration,
+    /// Most binary attachments one packet may announce. Default 10.
+    pub max_attachments: usize,
+    /// Most bytes of attachments one packet may carry in total. Default 1,000,000.
+    pub max_attachment_bytes: usize,
+    /// How long the attachments of one packet may take to arrive. Default 10 s.
+    pub attachment_timeout: Duration,
+    /// Most server-to-client acks one socket may await at once; beyond it `emit_with_ack`
+    /// fails at once. Default 256.
+    pub max_pending_acks: usize,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        SocketIoConfig {
+            connect_timeout: Duration::from_secs(45),
+            max_attachments: 10,
+            max_attachment_bytes: 1_000_000,
+            attachment_timeout: Duration::from_secs(10),
+            max_pending_acks: 256,
+        }
+    }
+}
+
+/// A Socket.IO server. Cheap to clone; give [`SocketIo::engine_handler`] to an
+/// [`Engine`](crate::engineio::Engine).
+#[derive(Clone)]
+pub struct SocketIo {
+    inner: Arc<IoInner>,
+}
+
+pub(crate) struct IoInner {
+    pub(crate) config: SocketIoConfig,
+    namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+}
+
+impl SocketIo {
+    /// A server with no namespaces yet.
+    pub fn new(config: SocketIoConfig) -> SocketIo {
+        SocketIo {
+            inner: Arc::new(IoInner {
+                config,
+                namespaces: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Declares namespace `name` (replacing one of that name): `build` sets its middleware and
+    /// handlers.
+    pub fn namespace(
+        &self,
+        name: &str,
+        build: impl FnOnce(&mut NamespaceBuilder),
+    ) -> Arc<Namespace> {
+        let mut builder = NamespaceBuilder::new(name);
+        build(&mut builder);
+        let ns = builder.finish();
+        self.inner
+            .namespaces
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ns.name().to_owned(), ns.clone());
+        ns
+    }
+
+    /// The namespace called `name`, if declared.
+    pub fn of(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.inner.namespace(name)
+    }
+
+    /// The Engine.IO side of this server.
+    pub fn engine_handler(&self) -> Arc<dyn EngineHandler> {
+        Arc::new(self.clone())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &SocketIoConfig {
+        &self.inner.config
+    }
+}
+
+impl IoInner {
+    pub(crate) fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.namespaces
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+}
+
+impl EngineHandler for SocketIo {
+    fn on_open(&self, session: SessionHandle, handshake: &Handshake) -> Box<dyn SessionHandler> {
+        Box::new(session::SioSession::new(
+            self.inner.clone(),
+            session,
+            Arc::new(handshake.clone()),
+        ))
+    }
+}

@@ -1,0 +1,355 @@
+//! Namespaces: connect middleware, event handlers, and the rooms of their sockets.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+
+use super::packet::Payload;
+use super::socket::{encode_event, DisconnectReason, Event, Extensions, Socket};
+use crate::engineio::{Handshake, Sid};
+
+/// What connect middleware sees of a client joining a namespace.
+pub struct ConnectRequest {
+    /// The namespace being joined.
+    pub nsp: String,
+    /// The CONNECT packet's auth payload, if any.
+    pub auth: Option<Value>,
+    /// The request that opened the connection (headers, peer address).
+    pub handshake: Arc<Handshake>,
+    /// State to hand to the socket if it is let in (for example who authenticated).
+    pub extensions: Extensions,
+}
+
+/// A refusal: sent to the client as CONNECT_ERROR `{"message", "data"}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectError {
+    /// Shown to the client as the error's message.
+    pub message: String,
+    /// Extra detail for the client (for example how long to wait).
+    pub data: Option<Value>,
+}
+
+impl ConnectError {
+    /// A refusal with a message and no data.
+    pub fn new(message: impl Into<String>) -> ConnectError {
+        ConnectError {
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// Adds data for the client.
+    pub fn with_data(mut self, data: Value) -> ConnectError {
+        self.data = Some(data);
+        self
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        match &self.data {
+            Some(data) => serde_json::json!({ "message": self.message, "data": data }),
+            None => serde_json::json!({ "message": self.message }),
+        }
+    }
+}
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub(crate) type Middleware =
+    Arc<dyn Fn(Arc<ConnectRequest>) -> BoxFuture<Result<(), ConnectError>> + Send + Sync>;
+type EventHandler = Arc<dyn Fn(&Socket, Event) + Send + Sync>;
+type ConnectHandler = Arc<dyn Fn(&Socket) + Send + Sync>;
+type DisconnectHandler = Arc<dyn Fn(&Socket, DisconnectReason) + Send + Sync>;
+
+/// Declares a namespace's middleware and handlers; see [`super::SocketIo::namespace`].
+pub struct NamespaceBuilder {
+    name: String,
+    middleware: Vec<Middleware>,
+    on_connect: Option<ConnectHandler>,
+    handlers: HashMap<String, EventHandler>,
+    fallback: Option<EventHandler>,
+    on_disconnect: Option<DisconnectHandler>,
+}
+
+impl NamespaceBuilder {
+    pub(crate) fn new(name: &str) -> NamespaceBuilder {
+        NamespaceBuilder {
+            name: name.to_owned(),
+            middleware: Vec::new(),
+            on_connect: None,
+            handlers: HashMap::new(),
+            fallback: None,
+            on_disconnect: None,
+        }
+    }
+
+    /// Connect middleware that decides at once. Runs in declaration order with the others;
+    /// the first refusal is sent to the client.
+    pub fn middleware(
+        &mut self,
+        check: impl Fn(&ConnectRequest) -> Result<(), ConnectError> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.middleware
+            .push(Arc::new(move |req: Arc<ConnectRequest>| {
+                let result = check(&req);
+                Box::pin(async move { result })
+            }));
+        self
+    }
+
+    /// Connect middleware that needs to wait (a store, a rate limiter). Runs on the
+    /// connection's worker; the socket joins once every middleware agreed.
+    pub fn middleware_async<F>(
+        &mut self,
+        check: impl Fn(Arc<ConnectRequest>) -> F + Send + Sync + 'static,
+    ) -> &mut Self
+    where
+        F: Future<Output = Result<(), ConnectError>> + Send + 'static,
+    {
+        self.middleware
+            .push(Arc::new(move |req| Box::pin(check(req))));
+        self
+    }
+
+    /// Runs when a socket has joined.
+    pub fn on_connect(&mut self, f: impl Fn(&Socket) + Send + Sync + 'static) -> &mut Self {
+        self.on_connect = Some(Arc::new(f));
+        self
+    }
+
+    /// Handles the event `name`.
+    pub fn on(
+        &mut self,
+        name: &str,
+        f: impl Fn(&Socket, Event) + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.handlers.insert(name.to_owned(), Arc::new(f));
+        self
+    }
+
+    /// Handles every event that has no handler of its own.
+    pub fn on_fallback(&mut self, f: impl Fn(&Socket, Event) + Send + Sync + 'static) -> &mut Self {
+        self.fallback = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs when a socket leaves, for whatever reason.
+    pub fn on_disconnect(
+        &mut self,
+        f: impl Fn(&Socket, DisconnectReason) + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.on_disconnect = Some(Arc::new(f));
+        self
+    }
+
+    pub(crate) fn finish(self) -> Arc<Namespace> {
+        Arc::new(Namespace {
+            name: self.name,
+            middleware: self.middleware,
+            on_connect: self.on_connect,
+            handlers: self.handlers,
+            fallback: self.fallback,
+            on_disconnect: self.on_disconnect,
+            rooms: RwLock::new(Rooms::default()),
+        })
+    }
+}
+
+/// Which sockets are in which rooms. Every socket is in the room named by its own id.
+#[derive(Default)]
+struct Rooms {
+    sockets: HashMap<Sid, Socket>,
+    members: HashMap<String, HashSet<Sid>>,
+    joined: HashMap<Sid, HashSet<String>>,
+}
+
+/// A namespace: its handlers and its connected sockets.
+pub struct Namespace {
+    name: String,
+    pub(crate) middleware: Vec<Middleware>,
+    on_connect: Option<ConnectHandler>,
+    handlers: HashMap<String, EventHandler>,
+    fallback: Option<EventHandler>,
+    on_disconnect: Option<DisconnectHandler>,
+    rooms: RwLock<Rooms>,
+}
+
+impl Namespace {
+    /// The namespace's name (`/`, `/voice`, …).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sockets connected to this namespace now.
+    pub fn socket_count(&self) -> usize {
+        self.read().sockets.len()
+    }
+
+    /// The connected socket with this id.
+    pub fn socket(&self, id: Sid) -> Option<Socket> {
+        self.read().sockets.get(&id).cloned()
+    }
+
+    /// Emits to the sockets in `room`.
+    pub fn to(self: &Arc<Self>, room: impl Into<String>) -> BroadcastOperator {
+        BroadcastOperator::new(self.clone()).to(room)
+    }
+
+    /// Emits to every socket of the namespace.
+    pub fn broadcast(self: &Arc<Self>) -> BroadcastOperator {
+        BroadcastOperator::new(self.clone())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Rooms> {
+        self.rooms.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Rooms> {
+        self.rooms.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn add(&self, socket: &Socket) {
+        let id = socket.id();
+        let mut rooms = self.write();
+        rooms.sockets.insert(id, socket.clone());
+        rooms.members.entry(id.to_string()).or_default().insert(id);
+        rooms.joined.entry(id).or_default().insert(id.to_string());
+    }
+
+    pub(crate) fn remove(&self, id: Sid) {
+        let mut rooms = self.write();
+        rooms.sockets.remove(&id);
+        for room in rooms.joined.remove(&id).unwrap_or_default() {
+            if let Some(members) = rooms.members.get_mut(&room) {
+                members.remove(&id);
+                if members.is_empty() {
+                    rooms.members.remove(&room);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn join(&self, id: Sid, room: String) {
+        let mut rooms = self.write();
+        if !rooms.sockets.contains_key(&id) {
+            return;
+        }
+        rooms.members.entry(room.clone()).or_default().insert(id);
+        rooms.joined.entry(id).or_default().insert(room);
+    }
+
+    pub(crate) fn leave(&self, id: Sid, room: &str) {
+        let mut rooms = self.write();
+        if let Some(joined) = rooms.joined.get_mut(&id) {
+            joined.remove(room);
+        }
+        if let Some(members) = rooms.members.get_mut(room) {
+            members.remove(&id);
+            if members.is_empty() {
+                rooms.members.remove(room);
+            }
+        }
+    }
+
+    pub(crate) fn rooms_of(&self, id: Sid) -> Vec<String> {
+        self.read()
+            .joined
+            .get(&id)
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn connected(&self, socket: &Socket) {
+        if let Some(f) = &self.on_connect {
+            f(socket);
+        }
+    }
+
+    pub(crate) fn dispatch(&self, socket: &Socket, event: Event) {
+        match self
+            .handlers
+            .get(event.name.as_str())
+            .or(self.fallback.as_ref())
+        {
+            Some(handler) => handler(socket, event),
+            None => tracing::debug!(nsp = %self.name, event = %event.name, "no handler"),
+        }
+    }
+
+    pub(crate) fn disconnected(&self, socket: &Socket, reason: DisconnectReason) {
+        if let Some(f) = &self.on_disconnect {
+            f(socket, reason);
+        }
+    }
+
+    /// The sockets a broadcast reaches, chosen under the lock, sent to after it.
+    fn targets(&self, rooms: &[String], except: &[Sid]) -> Vec<Socket> {
+        let state = self.read();
+        let skip = |id: &Sid| except.contains(id);
+        if rooms.is_empty() {
+            return state
+                .sockets
+                .iter()
+                .filter(|(id, _)| !skip(id))
+                .map(|(_, s)| s.clone())
+                .collect();
+        }
+        let mut ids = HashSet::new();
+        for room in rooms {
+            if let Some(members) = state.members.get(room) {
+                ids.extend(members.iter().copied().filter(|id| !skip(id)));
+            }
+        }
+        ids.iter()
+            .filter_map(|id| state.sockets.get(id).cloned())
+            .collect()
+    }
+}
+
+/// Emits one packet to many sockets: encoded once, shared by all.
+pub struct BroadcastOperator {
+    ns: Arc<Namespace>,
+    rooms: Vec<String>,
+    except: Vec<Sid>,
+    volatile: bool,
+}
+
+impl BroadcastOperator {
+    pub(crate) fn new(ns: Arc<Namespace>) -> BroadcastOperator {
+        BroadcastOperator {
+            ns,
+            rooms: Vec::new(),
+            except: Vec::new(),
+            volatile: false,
+        }
+    }
+
+    /// Adds a room (sockets in any of the rooms are reached).
+    pub fn to(mut self, room: impl Into<String>) -> Self {
+        self.rooms.push(room.into());
+        self
+    }
+
+    /// Leaves out a socket.
+    pub fn except(mut self, id: Sid) -> Self {
+        self.except.push(id);
+        self
+    }
+
+    /// Drops the packet for sockets whose queue is full instead of closing them.
+    pub fn volatile(mut self) -> Self {
+        self.volatile = true;
+        self
+    }
+
+    /// Emits the event; returns how many sockets it was queued for.
+    pub fn emit(self, event: &str, payload: impl Into<Payload>) -> usize {
+        let frames = encode_event(self.ns.name(), event, None, &payload.into());
+        self.ns
+            .targets(&self.rooms, &self.except)
+            .iter()
+            .filter(|socket| socket.send_frames(&frames, self.volatile).is_ok())
+            .count()
+    }
+}

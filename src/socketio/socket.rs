@@ -1,0 +1,394 @@
+//! One client in one namespace.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::namespace::{ConnectRequest, Namespace};
+use super::packet::{self, PacketType, Payload};
+use super::session::SessionSockets;
+use crate::engineio::{CloseReason, Handshake, MessageFrame, SendError, SessionHandle, Sid};
+
+/// Why a socket left its namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client left the namespace (DISCONNECT packet).
+    ClientNamespaceDisconnect,
+    /// The server disconnected the socket ([`Socket::disconnect`]).
+    ServerNamespaceDisconnect,
+    /// The connection under it closed.
+    Transport(CloseReason),
+}
+
+impl DisconnectReason {
+    /// The reason as the reference implementation names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::ClientNamespaceDisconnect => "client namespace disconnect",
+            DisconnectReason::ServerNamespaceDisconnect => "server namespace disconnect",
+            DisconnectReason::Transport(reason) => reason.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an emit was not queued.
+pub type EmitError = SendError;
+
+/// Why an ack did not come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// The client did not answer in time.
+    #[error("ack timed out")]
+    Timeout,
+    /// The socket disconnected first.
+    #[error("socket disconnected")]
+    Disconnected,
+    /// Too many acks already awaited on this socket.
+    #[error("too many pending acks")]
+    TooManyPending,
+    /// The packet could not be queued.
+    #[error("emit failed: {0}")]
+    Send(#[from] SendError),
+}
+
+/// An event from the client.
+#[derive(Debug)]
+pub struct Event {
+    /// The event's name.
+    pub name: String,
+    /// Its arguments and attachments.
+    pub data: Payload,
+    /// Present when the client asked for an answer.
+    pub ack: Option<AckSender>,
+}
+
+/// Answers one client event that asked for an ack. Answering is optional; it can be done once.
+pub struct AckSender {
+    socket: Socket,
+    id: u64,
+}
+
+impl fmt::Debug for AckSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AckSender({})", self.id)
+    }
+}
+
+impl AckSender {
+    pub(crate) fn new(socket: Socket, id: u64) -> AckSender {
+        AckSender { socket, id }
+    }
+
+    /// Sends the answer.
+    pub fn send(self, payload: impl Into<Payload>) -> Result<(), EmitError> {
+        let payload = payload.into();
+        let frames = encode(
+            self.socket.ns().name(),
+            PacketType::Ack,
+            None,
+            Some(self.id),
+            &payload,
+        );
+        self.socket.send_frames(&frames, false)
+    }
+}
+
+/// Typed per-socket state: one value per type.
+#[derive(Default)]
+pub struct Extensions(Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>);
+
+impl Extensions {
+    fn lock(&self) -> MutexGuard<'_, HashMap<TypeId, Box<dyn Any + Send + Sync>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores `value`, replacing the one of its type.
+    pub fn insert<T: Any + Send + Sync>(&self, value: T) {
+        self.lock().insert(TypeId::of::<T>(), Box::new(value));
+    }
+
+    /// A copy of the value of type `T`.
+    pub fn get<T: Any + Send + Sync + Clone>(&self) -> Option<T> {
+        self.lock()
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref::<T>())
+            .cloned()
+    }
+
+    /// Removes and returns the value of type `T`.
+    pub fn remove<T: Any + Send + Sync>(&self) -> Option<T> {
+        self.lock()
+            .remove(&TypeId::of::<T>())
+            .and_then(|v| v.downcast::<T>().ok())
+            .map(|v| *v)
+    }
+
+    pub(crate) fn take(&self) -> Extensions {
+        Extensions(Mutex::new(std::mem::take(&mut *self.lock())))
+    }
+}
+
+impl fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Extensions({} values)", self.lock().len())
+    }
+}
+
+/// One client connected to one namespace. Cheap to clone; usable from any thread.
+#[derive(Clone)]
+pub struct Socket(Arc<SocketInner>);
+
+struct SocketInner {
+    id: Sid,
+    ns: Arc<Namespace>,
+    engine: SessionHandle,
+    handshake: Arc<Handshake>,
+    auth: Option<serde_json::Value>,
+    connected: AtomicBool,
+    next_ack: AtomicU64,
+    acks: Mutex<HashMap<u64, oneshot::Sender<Payload>>>,
+    max_pending_acks: usize,
+    extensions: Extensions,
+    session: Weak<SessionSockets>,
+}
+
+impl fmt::Debug for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Socket({} on {})", self.0.id, self.0.ns.name())
+    }
+}
+
+impl Socket {
+    pub(crate) fn new(
+        ns: Arc<Namespace>,
+        engine: SessionHandle,
+        request: &ConnectRequest,
+        max_pending_acks: usize,
+        session: Weak<SessionSockets>,
+    ) -> Socket {
+        Socket(Arc::new(SocketInner {
+            id: Sid::generate(),
+            ns,
+            engine,
+            handshake: request.handshake.clone(),
+            auth: request.auth.clone(),
+            connected: AtomicBool::new(true),
+            next_ack: AtomicU64::new(0),
+            acks: Mutex::new(HashMap::new()),
+            max_pending_acks,
+            extensions: request.extensions.take(),
+            session,
+        }))
+    }
+
+    /// The socket's id (not the Engine.IO session id, which is never shown to other clients).
+    pub fn id(&self) -> Sid {
+        self.0.id
+    }
+
+    /// The namespace.
+    pub fn ns(&self) -> &Arc<Namespace> {
+        &self.0.ns
+    }
+
+    /// The request that opened the connection.
+    pub fn handshake(&self) -> &Handshake {
+        &self.0.handshake
+    }
+
+    /// The auth payload of the client's CONNECT packet, if it sent one.
+    pub fn auth(&self) -> Option<&serde_json::Value> {
+        self.0.auth.as_ref()
+    }
+
+    /// Per-socket state.
+    pub fn extensions(&self) -> &Extensions {
+        &self.0.extensions
+    }
+
+    /// Whether the socket is still in its namespace.
+    pub fn connected(&self) -> bool {
+        self.0.connected.load(Ordering::Acquire)
+    }
+
+    /// The Engine.IO session under this socket.
+    pub fn engine(&self) -> &SessionHandle {
+        &self.0.engine
+    }
+
+    /// Emits an event. A full outbound queue closes the connection (see the Engine.IO outbox).
+    pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
+        let frames = encode_event(self.ns().name(), event, None, &payload.into());
+        self.send_frames(&frames, false)
+    }
+
+    /// Emits an event unless the outbound queue is full, in which case it is dropped.
+    pub fn emit_volatile(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
+        let frames = encode_event(self.ns().name(), event, None, &payload.into());
+        self.send_frames(&frames, true)
+    }
+
+    /// Emits an event and waits up to `timeout` for the client's ack.
+    pub fn emit_with_ack(
+        &self,
+        event: &str,
+        payload: impl Into<Payload>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Payload, AckError>> + Send + 'static {
+        let socket = self.clone();
+        let registered = self.register_ack().and_then(|(id, rx)| {
+            let frames = encode_event(self.ns().name(), event, Some(id), &payload.into());
+            match self.send_frames(&frames, false) {
+                Ok(()) => Ok((id, rx)),
+                Err(e) => {
+                    self.acks().remove(&id);
+                    Err(AckError::Send(e))
+                }
+            }
+        });
+        async move {
+            let (id, rx) = registered?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(payload)) => Ok(payload),
+                Ok(Err(_)) => Err(AckError::Disconnected),
+                Err(_) => {
+                    socket.acks().remove(&id);
+                    Err(AckError::Timeout)
+                }
+            }
+        }
+    }
+
+    fn acks(&self) -> MutexGuard<'_, HashMap<u64, oneshot::Sender<Payload>>> {
+        self.0.acks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register_ack(&self) -> Result<(u64, oneshot::Receiver<Payload>), AckError> {
+        if !self.connected() {
+            return Err(AckError::Disconnected);
+        }
+        let mut acks = self.acks();
+        if acks.len() >= self.0.max_pending_acks {
+            return Err(AckError::TooManyPending);
+        }
+        let id = self.0.next_ack.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        acks.insert(id, tx);
+        Ok((id, rx))
+    }
+
+    /// An ACK packet from the client.
+    pub(crate) fn acked(&self, id: u64, payload: Payload) {
+        if let Some(tx) = self.acks().remove(&id) {
+            let _ = tx.send(payload);
+        }
+    }
+
+    /// Joins a room of the namespace.
+    pub fn join(&self, room: impl Into<String>) {
+        self.ns().join(self.id(), room.into());
+    }
+
+    /// Leaves a room.
+    pub fn leave(&self, room: &str) {
+        self.ns().leave(self.id(), room);
+    }
+
+    /// The rooms the socket is in (its own id's room included).
+    pub fn rooms(&self) -> Vec<String> {
+        self.ns().rooms_of(self.id())
+    }
+
+    /// Emits to the sockets in `room`, this one excepted.
+    pub fn to(&self, room: impl Into<String>) -> super::BroadcastOperator {
+        self.ns().to(room).except(self.id())
+    }
+
+    /// Emits to every other socket of the namespace.
+    pub fn broadcast(&self) -> super::BroadcastOperator {
+        self.ns().broadcast().except(self.id())
+    }
+
+    /// Disconnects the socket from its namespace (the client is told; the connection stays
+    /// open for its other namespaces).
+    pub fn disconnect(&self) {
+        if !self.connected() {
+            return;
+        }
+        let nsp = self.ns().name();
+        let frame = MessageFrame::build(nsp.len() + 2, |b| {
+            packet::encode_control(b, PacketType::Disconnect, nsp, None)
+        });
+        let _ = self.send_frames(&[frame], false);
+        if let Some(session) = self.0.session.upgrade() {
+            session.remove(self.ns().name());
+        }
+        self.left(DisconnectReason::ServerNamespaceDisconnect);
+    }
+
+    /// Closes the whole connection under the socket (every namespace on it).
+    pub fn close_connection(&self) {
+        self.0.engine.close();
+    }
+
+    /// The socket has left: out of the namespace's rooms, pending acks failed, handler told.
+    pub(crate) fn left(&self, reason: DisconnectReason) {
+        if !self.0.connected.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        self.ns().remove(self.id());
+        self.acks().clear();
+        self.ns().disconnected(self, reason);
+    }
+
+    pub(crate) fn send_frames(
+        &self,
+        frames: &[MessageFrame],
+        volatile: bool,
+    ) -> Result<(), EmitError> {
+        self.0.engine.send_frames(frames, volatile)
+    }
+}
+
+/// An event packet (binary if the payload has attachments): the text frame, then one frame per
+/// attachment.
+pub(crate) fn encode_event(
+    nsp: &str,
+    event: &str,
+    id: Option<u64>,
+    payload: &Payload,
+) -> Vec<MessageFrame> {
+    encode(nsp, PacketType::Event, Some(event), id, payload)
+}
+
+fn encode(
+    nsp: &str,
+    kind: PacketType,
+    event: Option<&str>,
+    id: Option<u64>,
+    payload: &Payload,
+) -> Vec<MessageFrame> {
+    let kind = match (kind, payload.bins.is_empty()) {
+        (PacketType::Event, false) => PacketType::BinaryEvent,
+        (PacketType::Ack, false) => PacketType::BinaryAck,
+        (kind, _) => kind,
+    };
+    let mut frames = Vec::with_capacity(1 + payload.bins.len());
+    frames.push(MessageFrame::build(48, |buf| {
+        packet::encode(buf, kind, nsp, id, payload.bins.len(), event, &payload.args)
+    }));
+    frames.extend(payload.bins.iter().cloned().map(MessageFrame::binary));
+    frames
+}

@@ -1,0 +1,325 @@
+// Shared helpers for the Node interop tests: start and stop the voxio binary,
+// bound each test in time, and wrap Engine.IO client sockets with a message queue.
+import { spawn } from "node:child_process";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { existsSync } from "node:fs";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+
+/** Path of the voxio binary: $VOXIO_BIN, or ../../target/debug/voxio next to this file. */
+export const VOXIO_BIN = process.env.VOXIO_BIN
+  ? path.resolve(process.env.VOXIO_BIN)
+  : path.resolve(HERE, "../../target/debug/voxio");
+
+const MAX_LOG_BYTES = 256 * 1024;
+const STARTUP_DEADLINE_MS = 10_000;
+const STOP_DEADLINE_MS = 3_000;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Asks the OS for a free TCP port on 127.0.0.1 (listen on port 0, then close). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves true if a TCP connection to 127.0.0.1:port succeeds. */
+function canConnect(port) {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host: "127.0.0.1", port });
+    const done = (ok) => {
+      sock.removeAllListeners();
+      sock.destroy();
+      resolve(ok);
+    };
+    sock.setTimeout(1000, () => done(false));
+    sock.once("connect", () => done(true));
+    sock.once("error", () => done(false));
+  });
+}
+
+/** Keeps the last MAX_LOG_BYTES of the server's output. */
+class LogBuffer {
+  constructor() {
+    this.chunks = [];
+    this.size = 0;
+    this.dropped = 0;
+  }
+  push(label, chunk) {
+    const text = chunk.toString("utf8");
+    const entry = label === "stderr" ? text : text.replace(/^(?=.)/gm, "[stdout] ");
+    this.chunks.push(entry);
+    this.size += entry.length;
+    while (this.size > MAX_LOG_BYTES && this.chunks.length > 1) {
+      const old = this.chunks.shift();
+      this.size -= old.length;
+      this.dropped += old.length;
+    }
+  }
+  toString() {
+    const head = this.dropped ? `[... ${this.dropped} earlier characters dropped ...]\n` : "";
+    return head + this.chunks.join("");
+  }
+}
+
+/**
+ * Starts `voxio <args...> --port PORT` on a free port and waits until it accepts
+ * TCP connections. Retries with a new port if the process dies during startup
+ * (e.g. the port was taken in between).
+ *
+ * Returns { port, httpUrl, wsUrl, log(), printLog(reason), stop() }.
+ */
+export async function startVoxio(args = ["protocol-test"], { attempts = 3 } = {}) {
+  if (!existsSync(VOXIO_BIN)) {
+    throw new Error(
+      `voxio binary not found at ${VOXIO_BIN} (build it with cargo, or set VOXIO_BIN)`,
+    );
+  }
+  let lastError;
+  for (let attempt = 1; attempt <= attempts; attempt++) {
+    const port = await freePort();
+    try {
+      return await startOnPort(args, port);
+    } catch (err) {
+      lastError = err;
+    }
+  }
+  throw lastError;
+}
+
+async function startOnPort(args, port) {
+  const log = new LogBuffer();
+  const child = spawn(VOXIO_BIN, [...args, "--port", String(port)], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, NO_COLOR: "1" },
+  });
+  child.stdout.on("data", (c) => log.push("stdout", c));
+  child.stderr.on("data", (c) => log.push("stderr", c));
+
+  let exited = null;
+  const exitPromise = new Promise((resolve) => {
+    child.once("exit", (code, signal) => {
+      exited = { code, signal };
+      resolve(exited);
+    });
+    child.once("error", (err) => {
+      exited = { error: err };
+      resolve(exited);
+    });
+  });
+
+  // Never leave the server behind if the test process ends abruptly.
+  const killOnExit = () => {
+    if (!exited) child.kill("SIGKILL");
+  };
+  process.once("exit", killOnExit);
+
+  const stop = async () => {
+    process.removeListener("exit", killOnExit);
+    if (exited) return exited;
+    child.kill("SIGTERM");
+    const result = await Promise.race([exitPromise, sleep(STOP_DEADLINE_MS).then(() => null)]);
+    if (result) return result;
+    child.kill("SIGKILL");
+    return exitPromise;
+  };
+
+  const deadline = Date.now() + STARTUP_DEADLINE_MS;
+  for (;;) {
+    if (exited) {
+      await stop();
+      throw new Error(
+        `voxio exited during startup (${JSON.stringify(exited)}) on port ${port}; output:\n${log}`,
+      );
+    }
+    if (await canConnect(port)) break;
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(
+        `voxio did not accept connections on port ${port} within ${STARTUP_DEADLINE_MS} ms; output:\n${log}`,
+      );
+    }
+    await sleep(50);
+  }
+
+  return {
+    port,
+    httpUrl: `http://127.0.0.1:${port}`,
+    wsUrl: `ws://127.0.0.1:${port}`,
+    log: () => log.toString(),
+    printLog(reason) {
+      process.stderr.write(
+        `\n===== voxio output (port ${port}) after failure: ${reason} =====\n${log}\n===== end of voxio output =====\n`,
+      );
+    },
+    stop,
+    get exited() {
+      return exited;
+    },
+  };
+}
+
+/**
+ * Wraps a test body: bounds it in time (rejecting with a clear error), runs the
+ * cleanups it registered (e.g. closing sockets) whatever happens, and prints the
+ * server's output if it fails. The body gets (t, cleanup) where cleanup(fn)
+ * registers a function to run at the end.
+ *
+ * Use with node:test's own `{ timeout }` set a little higher as a backstop.
+ */
+export function bounded(getServer, ms, body) {
+  return async (t) => {
+    const cleanups = [];
+    const cleanup = (fn) => cleanups.push(fn);
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`test body timed out after ${ms} ms`)), ms);
+    });
+    try {
+      await Promise.race([body(t, cleanup), timeout]);
+    } catch (err) {
+      const server = getServer();
+      if (server) server.printLog(`${t.name}: ${err && err.message}`);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      for (const fn of cleanups.reverse()) {
+        try {
+          await fn();
+        } catch {
+          // best effort
+        }
+      }
+    }
+  };
+}
+
+/** Normalises binary data received by the client (Buffer, ArrayBuffer, typed array) to a Buffer. */
+export function toBuffer(data) {
+  if (Buffer.isBuffer(data)) return data;
+  if (data instanceof ArrayBuffer) return Buffer.from(data);
+  if (ArrayBuffer.isView(data)) return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  throw new TypeError(`expected binary data, got ${typeof data} (${Object.prototype.toString.call(data)})`);
+}
+
+/** Deterministic test bytes: a pattern where neighbouring bytes and 256-byte blocks differ. */
+export function patternBytes(length, seed = 0) {
+  const buf = Buffer.alloc(length);
+  for (let i = 0; i < length; i++) {
+    buf[i] = (i * 31 + (i >>> 8) * 7 + seed) & 0xff;
+  }
+  return buf;
+}
+
+/**
+ * Collects the messages of an Engine.IO client socket into a queue, so that tests
+ * can await them one by one with a deadline. Also records close events.
+ */
+export class MessageQueue {
+  constructor(socket) {
+    this.socket = socket;
+    this.items = [];
+    this.waiters = [];
+    this.closes = [];
+    socket.on("message", (data) => {
+      const waiter = this.waiters.shift();
+      if (waiter) waiter.resolve(data);
+      else this.items.push(data);
+    });
+    socket.on("close", (reason, description) => {
+      this.closes.push({ reason, description });
+      const err = new Error(
+        `socket closed while waiting for a message: ${reason}` +
+          (description ? ` (${describe(description)})` : ""),
+      );
+      for (const w of this.waiters.splice(0)) w.reject(err);
+    });
+  }
+
+  /** The next message, or rejects after `ms`. */
+  next(ms = 5000) {
+    if (this.items.length) return Promise.resolve(this.items.shift());
+    if (this.closes.length) {
+      return Promise.reject(new Error(`socket already closed: ${this.closes[0].reason}`));
+    }
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+      const timer = setTimeout(() => {
+        const i = this.waiters.indexOf(waiter);
+        if (i >= 0) this.waiters.splice(i, 1);
+        reject(new Error(`no message within ${ms} ms`));
+      }, ms);
+      this.waiters.push(waiter);
+    });
+  }
+
+  /** The next `n` messages, in order. */
+  async take(n, ms = 5000) {
+    const out = [];
+    for (let i = 0; i < n; i++) out.push(await this.next(ms));
+    return out;
+  }
+}
+
+function describe(d) {
+  if (!d) return "";
+  if (d instanceof Error) return d.message;
+  if (typeof d === "object") {
+    const parts = [];
+    if (d.description) parts.push(describe(d.description));
+    if (d.message) parts.push(d.message);
+    if (d.context && d.context.status) parts.push(`HTTP ${d.context.status}`);
+    return parts.join("; ") || JSON.stringify(d);
+  }
+  return String(d);
+}
+
+/** Resolves when the socket emits `open`; rejects on `error`/`close` or after `ms`. */
+export function waitOpen(socket, ms = 5000) {
+  return waitEvent(socket, "open", ms);
+}
+
+/**
+ * Resolves with the event's first argument when `socket` emits `event`; rejects if
+ * it emits `error` or `close` first, or after `ms`.
+ */
+export function waitEvent(socket, event, ms = 5000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => finish(new Error(`no "${event}" event within ${ms} ms`)), ms);
+    const onEvent = (arg) => finish(null, arg);
+    const onError = (err) => finish(new Error(`"error" before "${event}": ${describe(err)}`));
+    const onClose = (reason, desc) =>
+      finish(new Error(`"close" before "${event}": ${reason}${desc ? ` (${describe(desc)})` : ""}`));
+    function finish(err, value) {
+      clearTimeout(timer);
+      socket.off(event, onEvent);
+      socket.off("error", onError);
+      socket.off("close", onClose);
+      if (err) reject(err);
+      else resolve(value);
+    }
+    socket.once(event, onEvent);
+    if (event !== "error") socket.once("error", onError);
+    if (event !== "close") socket.once("close", onClose);
+  });
+}
+
+export { sleep };
