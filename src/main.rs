@@ -20,8 +20,8 @@ async fn main() -> std::io::Result<()> {
         Some(Command::ProtocolTest { port }) => {
             let endpoints = std::sync::Arc::new(protocol_test::ProtocolTest::new());
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let server = HttpServer::new(move || App::new().configure(endpoints.configure()))
-                .bind(addr)?;
+            let server =
+                HttpServer::new(move || App::new().configure(endpoints.configure())).bind(addr)?;
             tracing::info!("protocol test server on http://{addr}: /engine.io/ and /socket.io/");
             server.run().await
         }

@@ -69,12 +69,17 @@ pub fn echo_engine(config: EngineConfig) -> Engine {
     Engine::new(config, Arc::new(Echo))
 }
 
-/// The Socket.IO side of the protocol test server.
-pub fn socketio() -> SocketIo {
-    let io = SocketIo::new(SocketIoConfig {
+/// The Socket.IO settings of the protocol test server.
+pub fn socketio_config() -> SocketIoConfig {
+    SocketIoConfig {
         connect_timeout: Duration::from_millis(1000),
         ..SocketIoConfig::default()
-    });
+    }
+}
+
+/// The Socket.IO side of the protocol test server.
+pub fn socketio(config: SocketIoConfig) -> SocketIo {
+    let io = SocketIo::new(config);
     io.namespace("/", |ns| {
         ns.on_connect(emit_auth)
             .on("message", |socket, event| {
@@ -145,14 +150,14 @@ pub struct ProtocolTest {
 impl ProtocolTest {
     /// Both endpoints with the test suites' settings.
     pub fn new() -> ProtocolTest {
-        ProtocolTest::with_config(engine_config())
+        ProtocolTest::with_config(engine_config(), socketio_config())
     }
 
-    /// Both endpoints with other Engine.IO settings (voxio's own tests tune timings).
-    pub fn with_config(config: EngineConfig) -> ProtocolTest {
+    /// Both endpoints with other settings (voxio's own tests tune timings and limits).
+    pub fn with_config(engine: EngineConfig, sio: SocketIoConfig) -> ProtocolTest {
         ProtocolTest {
-            echo: echo_engine(config.clone()),
-            socketio: Engine::new(config, socketio().engine_handler()),
+            echo: echo_engine(engine.clone()),
+            socketio: Engine::new(engine, socketio(sio).engine_handler()),
         }
     }
 

@@ -17,6 +17,8 @@ use voxio::engineio::{Engine, EngineConfig, EngineHandler};
 pub struct TestServer {
     pub addr: SocketAddr,
     pub engine: Engine,
+    /// Where the tested endpoint is mounted.
+    pub path: &'static str,
     handle: actix_web::dev::ServerHandle,
     thread: Option<JoinHandle<()>>,
 }
@@ -28,18 +30,26 @@ impl TestServer {
     }
 
     pub fn start(config: EngineConfig, handler: Arc<dyn EngineHandler>) -> TestServer {
-        let engine = Engine::new(config, handler);
+        TestServer::serve(Engine::new(config, handler), "/engine.io/")
+    }
+
+    /// The Socket.IO endpoint of `voxio protocol-test` with these settings.
+    pub fn socketio(config: EngineConfig, sio: voxio::socketio::SocketIoConfig) -> TestServer {
+        let endpoints = voxio::protocol_test::ProtocolTest::with_config(config, sio);
+        TestServer::serve(endpoints.socketio, "/socket.io/")
+    }
+
+    fn serve(engine: Engine, path: &'static str) -> TestServer {
         let served = engine.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
-                let server =
-                    HttpServer::new(move || App::new().service(served.resource("/engine.io/")))
-                        .workers(2)
-                        .disable_signals()
-                        .shutdown_timeout(1)
-                        .bind("127.0.0.1:0")
-                        .expect("bind");
+                let server = HttpServer::new(move || App::new().service(served.resource(path)))
+                    .workers(2)
+                    .disable_signals()
+                    .shutdown_timeout(1)
+                    .bind("127.0.0.1:0")
+                    .expect("bind");
                 let addr = server.addrs()[0];
                 let server = server.run();
                 tx.send((addr, server.handle())).expect("report address");
@@ -50,17 +60,18 @@ impl TestServer {
         TestServer {
             addr,
             engine,
+            path,
             handle,
             thread: Some(thread),
         }
     }
 
     pub fn url(&self, query: &str) -> String {
-        format!("http://{}/engine.io/?EIO=4&{query}", self.addr)
+        format!("http://{}{}?EIO=4&{query}", self.addr, self.path)
     }
 
     pub fn ws_url(&self, query: &str) -> String {
-        format!("ws://{}/engine.io/?EIO=4&{query}", self.addr)
+        format!("ws://{}{}?EIO=4&{query}", self.addr, self.path)
     }
 
     /// Waits (bounded) until the server holds `n` sessions.
