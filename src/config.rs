@@ -45,9 +45,62 @@ pub struct ServerArgs {
     /// Directory of the browser page's files.
     #[arg(long, env = "VOXIO_STATIC_DIR", default_value = "static")]
     pub static_dir: PathBuf,
+    /// Redis URL (`redis://host:port/db`) for sessions and PIN attempt limits shared by every
+    /// node; unset: in-process stores.
+    #[arg(long, env = "VOXIO_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Milliseconds a Redis operation may take before the page routes answer 503.
+    #[arg(long, env = "VOXIO_REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
+    /// The PIN; unset (and no hash): a random 6-digit PIN is generated at start and printed once.
+    #[arg(long, env = "VOXIO_PIN", hide_env_values = true)]
+    pub pin: Option<Secret>,
+    /// The PIN as an Argon2 hash (PHC string), instead of VOXIO_PIN.
+    #[arg(long, env = "VOXIO_PIN_HASH", hide_env_values = true)]
+    pub pin_hash: Option<Secret>,
+    /// Secret for session cookies and voice tokens (at least 32 bytes); every node of a
+    /// cluster needs the same. Unset: random at start (sessions end with the process).
+    #[arg(long, env = "VOXIO_SECRET", hide_env_values = true)]
+    pub secret: Option<Secret>,
+    /// Mark the session cookie Secure (serve over HTTPS).
+    #[arg(long, env = "VOXIO_COOKIE_SECURE", default_value_t = false)]
+    pub cookie_secure: bool,
+    /// Seconds a page login lasts.
+    #[arg(long, env = "VOXIO_SESSION_TTL_S", default_value_t = 43_200)]
+    pub session_ttl_s: u64,
+    /// Milliseconds a voice token (from /api/voice-token) stays valid.
+    #[arg(long, env = "VOXIO_TOKEN_TTL_MS", default_value_t = 120_000)]
+    pub token_ttl_ms: u64,
+    /// Failed PIN attempts allowed (per client address, per connection) before backoff.
+    #[arg(long, env = "VOXIO_PIN_FREE_ATTEMPTS", default_value_t = 3)]
+    pub pin_free_attempts: u32,
+    /// First backoff after the free attempts, in milliseconds; doubles with each failure.
+    #[arg(long, env = "VOXIO_PIN_BACKOFF_MS", default_value_t = 1000)]
+    pub pin_backoff_ms: u64,
+    /// Longest backoff, in milliseconds.
+    #[arg(long, env = "VOXIO_PIN_BACKOFF_MAX_MS", default_value_t = 300_000)]
+    pub pin_backoff_max_ms: u64,
     /// Engine.IO settings.
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// A secret setting: never shown by `Debug` (so never in a log).
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
 }
 
 /// Engine.IO settings, as flags and environment variables.
@@ -123,6 +176,16 @@ mod tests {
         assert_eq!(ours.max_sessions, theirs.max_sessions);
         assert_eq!(ours.outbound_queue, theirs.outbound_queue);
         assert_eq!(ours.max_fragments, theirs.max_fragments);
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let cli = Cli::try_parse_from(["voxio", "--pin", "424242", "--secret", "s3cr3t"]).unwrap();
+        let shown = format!("{cli:?}");
+        assert!(
+            !shown.contains("424242") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
     }
 
     #[test]

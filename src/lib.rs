@@ -9,4 +9,5 @@ pub mod config;
 pub mod engineio;
 pub mod protocol_test;
 pub mod socketio;
+pub mod voice;
 pub mod web;

@@ -6,9 +6,8 @@ use actix_web::{App, HttpServer};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use voxio::config::{Cli, Command};
-use voxio::engineio::Engine;
 use voxio::protocol_test;
-use voxio::socketio::{SocketIo, SocketIoConfig};
+use voxio::web::Voxio;
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
@@ -27,21 +26,35 @@ async fn main() -> std::io::Result<()> {
         }
         None => {
             let args = cli.server;
-            let io = SocketIo::new(SocketIoConfig::default());
-            let engine = Engine::new(args.engine.engine_config(), io.engine_handler());
-            let static_dir = args.static_dir.clone();
-            let mut server = HttpServer::new(move || {
-                App::new().configure(voxio::web::configure(&engine, &static_dir))
-            });
+            let startup = match Voxio::build(&args).await {
+                Ok(startup) => startup,
+                Err(e) => {
+                    tracing::error!("cannot start: {e:#}");
+                    std::process::exit(2);
+                }
+            };
+            let voxio = startup.voxio;
+            let app = voxio.clone();
+            let mut server =
+                HttpServer::new(move || App::new().wrap(app.sessions()).configure(app.configure()));
             if args.workers > 0 {
                 server = server.workers(args.workers);
             }
             let server = server.bind(args.bind)?;
+            let store = if args.redis_url.is_some() {
+                "Redis"
+            } else {
+                "in-process (no Redis)"
+            };
             tracing::info!(
-                "voxio listening on {}: open {}",
+                "voxio listening on {}: open {} (sessions and PIN limits: {store})",
                 args.bind,
                 browser_url(args.bind)
             );
+            if let Some(pin) = startup.generated_pin {
+                // Printed once, to the terminal only: never through the log.
+                println!("\n  voxio PIN for this run: {pin}   (set VOXIO_PIN to choose one)\n");
+            }
             server.run().await
         }
     }

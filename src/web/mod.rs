@@ -1,21 +1,185 @@
-//! The HTTP application: the browser page's files, health, and the realtime endpoint.
+//! The HTTP application: one actix-web app on one port serving the page, the Socket.IO
+//! endpoint, health, and the login routes.
+//!
+//! Page login (`POST /login` with the PIN) renews the session id and sets an HttpOnly,
+//! SameSite=Strict cookie; `GET /api/voice-token` turns a logged-in session into a short-lived
+//! signed token for the socket's CONNECT auth; `POST /logout` purges the session and
+//! disconnects that login's sockets. POST routes refuse cross-site requests (Origin /
+//! Sec-Fetch-Site). Sessions never touch realtime traffic (see [`session`]).
 
-use std::path::Path;
+pub mod auth;
+pub mod session;
 
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_session::config::{PersistentSession, SessionLifecycle};
+use actix_session::storage::RedisSessionStore;
+use actix_session::{Session, SessionMiddleware};
+use actix_web::cookie::{Key, SameSite};
+use actix_web::http::header;
 use actix_web::web::{self, ServiceConfig};
-use actix_web::HttpResponse;
+use actix_web::{HttpRequest, HttpResponse};
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::json;
 
-use crate::engineio::Engine;
+use crate::config::ServerArgs;
+use crate::engineio::{Engine, OriginPolicy};
+use crate::socketio::{SocketIo, SocketIoConfig};
+use crate::voice::{self, VoiceAuth};
+use auth::{AttemptLimiter, BackoffPolicy, Pin, Refusal, TokenSigner};
+use session::{BypassSessions, SessionStoreKind, StoreHealth};
 
-/// Mounts voxio's routes: `/socket.io/` (the realtime endpoint), `/healthz`, and the page.
-pub fn configure<'a>(
-    engine: &'a Engine,
-    static_dir: &'a Path,
-) -> impl FnOnce(&mut ServiceConfig) + 'a {
-    move |cfg| {
-        cfg.service(engine.resource("/socket.io/"))
-            .route("/healthz", web::get().to(healthz))
-            .service(actix_files::Files::new("/", static_dir).index_file("index.html"));
+/// The path prefix of the Socket.IO endpoint.
+pub const SOCKET_PATH: &str = "/socket.io/";
+
+/// Everything the app shares across workers.
+#[derive(Clone)]
+pub struct Voxio {
+    /// The Engine.IO server at `/socket.io/`.
+    pub engine: Engine,
+    /// The Socket.IO server on it.
+    pub io: SocketIo,
+    /// PIN, limits and tokens.
+    pub auth: Arc<VoiceAuth>,
+    static_dir: PathBuf,
+    origins: OriginPolicy,
+    cookie_key: Key,
+    cookie_secure: bool,
+    session_ttl: Duration,
+    redis_store: Option<(RedisSessionStore, Duration, Arc<StoreHealth>)>,
+}
+
+/// What [`Voxio::build`] tells the caller to print once.
+pub struct Startup {
+    /// The app.
+    pub voxio: Voxio,
+    /// The PIN, when it was generated (print it once; it is in no log).
+    pub generated_pin: Option<String>,
+}
+
+impl Voxio {
+    /// Builds the app from its settings (connects to Redis when configured).
+    pub async fn build(args: &ServerArgs) -> anyhow::Result<Startup> {
+        let (pin, generated_pin) = match (&args.pin_hash, &args.pin) {
+            (Some(hash), _) => (
+                Pin::argon2(&hash.0)
+                    .ok_or_else(|| anyhow::anyhow!("VOXIO_PIN_HASH is not an Argon2 PHC string"))?,
+                None,
+            ),
+            (None, Some(pin)) => (Pin::plain(&pin.0), None),
+            (None, None) => {
+                let (text, pin) = Pin::generate();
+                (pin, Some(text))
+            }
+        };
+        let secret = match &args.secret {
+            Some(secret) if secret.0.len() >= 32 => secret.0.as_bytes().to_vec(),
+            Some(_) => anyhow::bail!("VOXIO_SECRET must be at least 32 bytes"),
+            None => {
+                let mut random = vec![0u8; 64];
+                rand::rng().fill_bytes(&mut random);
+                random
+            }
+        };
+        let policy = BackoffPolicy {
+            free_attempts: args.pin_free_attempts,
+            base: Duration::from_millis(args.pin_backoff_ms),
+            max: Duration::from_millis(args.pin_backoff_max_ms),
+            ..BackoffPolicy::default()
+        };
+        let redis_timeout = Duration::from_millis(args.redis_timeout_ms);
+        let (limiter, redis_store) = match &args.redis_url {
+            None => (AttemptLimiter::memory(policy), None),
+            Some(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(redis_timeout)
+                    .set_response_timeout(redis_timeout)
+                    .set_number_of_retries(1);
+                let connection = client.get_connection_manager_with_config(config).await?;
+                let store = RedisSessionStore::builder(url.clone())
+                    .build()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("Redis session store: {e}"))?;
+                (
+                    AttemptLimiter::Redis {
+                        policy,
+                        connection,
+                        timeout: redis_timeout,
+                    },
+                    Some((store, redis_timeout, Arc::new(StoreHealth::default()))),
+                )
+            }
+        };
+        let auth = Arc::new(VoiceAuth {
+            pin,
+            limiter,
+            policy,
+            tokens: TokenSigner::new(&secret, Duration::from_millis(args.token_ttl_ms)),
+            logins: voice::Logins::default(),
+        });
+        let io = SocketIo::new(SocketIoConfig::default());
+        voice::namespace(&io, auth.clone());
+        let engine_config = args.engine.engine_config();
+        let origins = engine_config.origins.clone();
+        let engine = Engine::new(engine_config, io.engine_handler());
+        Ok(Startup {
+            voxio: Voxio {
+                engine,
+                io,
+                auth,
+                static_dir: args.static_dir.clone(),
+                origins,
+                cookie_key: Key::derive_from(&secret),
+                cookie_secure: args.cookie_secure,
+                session_ttl: Duration::from_secs(args.session_ttl_s),
+                redis_store,
+            },
+            generated_pin,
+        })
+    }
+
+    /// The session middleware, wrapped in the realtime bypass (one per worker).
+    pub fn sessions(&self) -> BypassSessions<SessionMiddleware<SessionStoreKind>> {
+        let (store, health) = match &self.redis_store {
+            None => (SessionStoreKind::Cookie, None),
+            Some((store, timeout, health)) => (
+                SessionStoreKind::Redis {
+                    store: store.clone(),
+                    timeout: *timeout,
+                    health: health.clone(),
+                },
+                Some(health.clone()),
+            ),
+        };
+        let ttl = actix_web::cookie::time::Duration::seconds(self.session_ttl.as_secs() as i64);
+        let middleware = SessionMiddleware::builder(store, self.cookie_key.clone())
+            .cookie_name("voxio_session".to_owned())
+            .cookie_http_only(true)
+            .cookie_same_site(SameSite::Strict)
+            .cookie_secure(self.cookie_secure)
+            .session_lifecycle(SessionLifecycle::PersistentSession(
+                PersistentSession::default().session_ttl(ttl),
+            ))
+            .build();
+        BypassSessions::new(middleware, &[SOCKET_PATH], health)
+    }
+
+    /// Mounts the routes.
+    pub fn configure(&self) -> impl FnOnce(&mut ServiceConfig) + '_ {
+        move |cfg| {
+            cfg.app_data(web::Data::new(self.clone()))
+                .service(self.engine.resource(SOCKET_PATH))
+                .route("/healthz", web::get().to(healthz))
+                .route("/login", web::post().to(login))
+                .route("/logout", web::post().to(logout))
+                .route("/api/voice-token", web::get().to(voice_token))
+                .service(actix_files::Files::new("/", &self.static_dir).index_file("index.html"));
+        }
     }
 }
 
@@ -23,4 +187,149 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
         .body("ok")
+}
+
+/// A JSON error answer.
+fn error(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "code": code, "message": message }))
+}
+
+/// Refuses cross-site POSTs: a browser sends `Sec-Fetch-Site` and `Origin`; either one naming
+/// another site is refused. (Non-browser clients send neither and cannot ride a cookie.)
+fn cross_site(req: &HttpRequest, origins: &OriginPolicy) -> bool {
+    let fetch_site = req
+        .headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok());
+    if fetch_site.is_some_and(|site| site != "same-origin" && site != "none") {
+        return true;
+    }
+    let policy = match origins {
+        OriginPolicy::Any => &OriginPolicy::SameOrigin,
+        other => other,
+    };
+    !policy.allows(req.headers())
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    pin: String,
+}
+
+fn peer_ip(req: &HttpRequest) -> Option<IpAddr> {
+    req.peer_addr().map(|a| a.ip())
+}
+
+async fn login(
+    req: HttpRequest,
+    app: web::Data<Voxio>,
+    session: Session,
+    body: web::Bytes,
+) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    if cross_site(&req, &app.origins) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "cross_site",
+            "Cross-site requests are refused.",
+        );
+    }
+    let form: Option<LoginForm> = serde_json::from_slice(&body)
+        .ok()
+        .or_else(|| serde_urlencoded_pin(&body));
+    let Some(form) = form else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "Send the PIN as {\"pin\": \"...\"} or pin=...",
+        );
+    };
+    let key = format!(
+        "ip:{}",
+        peer_ip(&req).map(|ip| ip.to_string()).unwrap_or_default()
+    );
+    match app.auth.limiter.check(&key).await {
+        Ok(()) => {}
+        Err(Refusal::Backoff(wait)) => return too_many(wait),
+        Err(Refusal::Unavailable) => {
+            return HttpResponse::ServiceUnavailable()
+                .insert_header((header::RETRY_AFTER, "1"))
+                .json(json!({"code": "unavailable", "message": "Authentication is unavailable; try again shortly."}))
+        }
+    }
+    if !app.auth.pin.verify(&form.pin) {
+        let wait = app
+            .auth
+            .limiter
+            .fail(&key)
+            .await
+            .unwrap_or(Duration::from_secs(1));
+        return HttpResponse::Unauthorized()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(json!({"code": "invalid_pin", "message": "Wrong PIN.", "retryAfterMs": wait.as_millis() as u64}));
+    }
+    app.auth.limiter.succeed(&key).await;
+    // A new session id at login: a session id planted before login is worth nothing after.
+    session.renew();
+    let mut id = [0u8; 16];
+    rand::rng().fill_bytes(&mut id);
+    let login_id = id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    if session.insert("login", &login_id).is_err() {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "session",
+            "Could not store the session.",
+        );
+    }
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({ "ok": true }))
+}
+
+fn serde_urlencoded_pin(body: &[u8]) -> Option<LoginForm> {
+    let text = std::str::from_utf8(body).ok()?;
+    text.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "pin").then(|| LoginForm { pin: v.to_owned() })
+    })
+}
+
+fn too_many(wait: Duration) -> HttpResponse {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HttpResponse::TooManyRequests()
+        .insert_header((header::RETRY_AFTER, secs.to_string()))
+        .json(json!({"code": "rate_limited", "message": "Too many wrong PINs; wait before trying again.", "retryAfterMs": wait.as_millis() as u64}))
+}
+
+async fn voice_token(app: web::Data<Voxio>, session: Session) -> HttpResponse {
+    match session.get::<String>("login") {
+        Ok(Some(login)) => HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(json!({
+                "token": app.auth.tokens.issue(&login),
+                "expiresInMs": app.auth.tokens.ttl().as_millis() as u64,
+            })),
+        _ => error(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            "not_logged_in",
+            "Log in first.",
+        ),
+    }
+}
+
+async fn logout(req: HttpRequest, app: web::Data<Voxio>, session: Session) -> HttpResponse {
+    if cross_site(&req, &app.origins) {
+        return error(
+            actix_web::http::StatusCode::FORBIDDEN,
+            "cross_site",
+            "Cross-site requests are refused.",
+        );
+    }
+    if let Ok(Some(login)) = session.get::<String>("login") {
+        app.auth.logins.disconnect(&login);
+    }
+    session.purge();
+    HttpResponse::NoContent().finish()
 }

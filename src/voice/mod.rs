@@ -1,0 +1,345 @@
+//! The `/voice` namespace: who may speak, and the audio they send.
+//!
+//! A socket authenticates one of three ways: `auth: {pin}` or `auth: {token}` in CONNECT (a
+//! wrong one is refused with CONNECT_ERROR), or an `authenticate {pin}` event after connecting
+//! (answered `authenticated` or `auth_error {code, message, retryAfterMs}`). Until then every
+//! other event is refused with `error {code, message}` and nothing is buffered or started.
+//! Failed PINs back off per client address (in Redis when configured, so the limit survives
+//! reconnects and spans nodes) and per connection.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::socketio::{ConnectError, ConnectRequest, Event, Payload, Socket, SocketIo};
+use crate::web::auth::{AttemptLimiter, Backoff, BackoffPolicy, Pin, Refusal, TokenSigner};
+
+/// The namespace's name.
+pub const NAMESPACE: &str = "/voice";
+
+/// What authenticates voice sockets.
+pub struct VoiceAuth {
+    /// The PIN.
+    pub pin: Pin,
+    /// Failed attempts per client address.
+    pub limiter: AttemptLimiter,
+    /// Backoff per connection.
+    pub policy: BackoffPolicy,
+    /// Voice tokens from page logins.
+    pub tokens: TokenSigner,
+    /// Sockets authenticated by a page login's token, by login (logout disconnects them).
+    pub logins: Logins,
+}
+
+/// A socket's proof of authentication, kept in its extensions.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// `pin` or `token`.
+    pub via: &'static str,
+    /// The page login behind a token.
+    pub login: Option<String>,
+}
+
+/// Per-connection failed attempts.
+#[derive(Debug, Clone, Default)]
+struct ConnectionAttempts(Arc<Mutex<Backoff>>);
+
+/// Per-socket audio counters.
+#[derive(Debug, Clone, Default)]
+struct AudioCounter(Arc<Mutex<u64>>);
+
+/// Sockets by the page login that authenticated them.
+#[derive(Default)]
+pub struct Logins(Mutex<HashMap<String, Vec<Socket>>>);
+
+impl Logins {
+    fn add(&self, login: &str, socket: &Socket) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(login.to_owned())
+            .or_default()
+            .push(socket.clone());
+    }
+
+    fn remove(&self, login: &str, socket: &Socket) {
+        let mut logins = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sockets) = logins.get_mut(login) {
+            sockets.retain(|s| s.id() != socket.id());
+            if sockets.is_empty() {
+                logins.remove(login);
+            }
+        }
+    }
+
+    /// Disconnects every socket of `login`; returns how many.
+    pub fn disconnect(&self, login: &str) -> usize {
+        let sockets = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(login)
+            .unwrap_or_default();
+        for socket in &sockets {
+            socket.disconnect();
+        }
+        sockets.len()
+    }
+}
+
+#[derive(Deserialize)]
+struct PinAuth {
+    pin: String,
+}
+
+#[derive(Deserialize)]
+struct TokenAuth {
+    token: String,
+}
+
+/// An `auth_error` / CONNECT_ERROR body.
+fn auth_error(code: &str, message: &str, retry_after: Duration) -> Value {
+    json!({ "code": code, "message": message, "retryAfterMs": retry_after.as_millis() as u64 })
+}
+
+fn client_key(ip: Option<IpAddr>) -> String {
+    ip.map(|ip| format!("ip:{ip}"))
+        .unwrap_or_else(|| "ip:unknown".to_owned())
+}
+
+impl VoiceAuth {
+    /// Checks a PIN for the client at `key`, with backoff: the refusal body on failure.
+    async fn check_pin(&self, key: &str, pin: &str) -> Result<(), Value> {
+        match self.limiter.check(key).await {
+            Ok(()) => {}
+            Err(Refusal::Backoff(wait)) => {
+                return Err(auth_error(
+                    "rate_limited",
+                    "Too many wrong PINs; wait before trying again.",
+                    wait,
+                ))
+            }
+            Err(Refusal::Unavailable) => {
+                return Err(auth_error(
+                    "unavailable",
+                    "Authentication is unavailable; try again shortly.",
+                    Duration::from_secs(1),
+                ))
+            }
+        }
+        if self.pin.verify(pin) {
+            self.limiter.succeed(key).await;
+            return Ok(());
+        }
+        let wait = self
+            .limiter
+            .fail(key)
+            .await
+            .unwrap_or(Duration::from_secs(1));
+        Err(auth_error("invalid_pin", "Wrong PIN.", wait))
+    }
+
+    async fn connect(&self, req: Arc<ConnectRequest>) -> Result<(), ConnectError> {
+        let refuse = |body: Value| {
+            let message = body["message"].as_str().unwrap_or("refused").to_owned();
+            Err(ConnectError::new(message).with_data(body))
+        };
+        let Some(auth) = &req.auth else {
+            return Ok(());
+        };
+        if let Ok(TokenAuth { token }) = TokenAuth::deserialize(auth) {
+            return match self.tokens.verify(&token) {
+                Some(claims) => {
+                    req.extensions.insert(Authenticated {
+                        via: "token",
+                        login: Some(claims.login),
+                    });
+                    Ok(())
+                }
+                None => refuse(auth_error(
+                    "invalid_token",
+                    "The voice token is invalid or expired.",
+                    Duration::ZERO,
+                )),
+            };
+        }
+        if let Ok(PinAuth { pin }) = PinAuth::deserialize(auth) {
+            let key = client_key(req.handshake.peer.map(|p| p.ip()));
+            return match self.check_pin(&key, &pin).await {
+                Ok(()) => {
+                    req.extensions.insert(Authenticated {
+                        via: "pin",
+                        login: None,
+                    });
+                    Ok(())
+                }
+                Err(body) => refuse(body),
+            };
+        }
+        // Any other auth payload: connected, not authenticated (the page may authenticate).
+        Ok(())
+    }
+}
+
+fn authenticated(socket: &Socket) -> bool {
+    socket.extensions().get::<Authenticated>().is_some()
+}
+
+/// Answers an event that is not allowed now with `error {code, message}` (and the ack, if
+/// one was asked for, with the same error).
+fn refuse(socket: &Socket, event: Event, code: &str, message: &str) {
+    let body = json!({ "code": code, "message": message, "event": event.name });
+    if let Some(ack) = event.ack {
+        let _ = ack.send(json!({ "error": body }));
+    }
+    let _ = socket.emit("error", body);
+}
+
+fn on_authenticated(auth: &VoiceAuth, socket: &Socket, who: &Authenticated) {
+    if let Some(login) = &who.login {
+        auth.logins.add(login, socket);
+    }
+    let _ = socket.emit("authenticated", json!({ "via": who.via }));
+}
+
+/// Declares `/voice` on `io`.
+pub fn namespace(io: &SocketIo, auth: Arc<VoiceAuth>) {
+    let (connecting, connected, authenticating, leaving) =
+        (auth.clone(), auth.clone(), auth.clone(), auth);
+    io.namespace(NAMESPACE, move |ns| {
+        ns.middleware_async(move |req| {
+            let auth = connecting.clone();
+            async move { auth.connect(req).await }
+        })
+        .on_connect(move |socket| {
+            socket.extensions().insert(ConnectionAttempts::default());
+            if let Some(who) = socket.extensions().get::<Authenticated>() {
+                on_authenticated(&connected, socket, &who);
+            }
+        })
+        .on("authenticate", move |socket, event| {
+            authenticate(authenticating.clone(), socket.clone(), event);
+        })
+        .on("audio", |socket, event| {
+            if !authenticated(socket) {
+                return refuse(
+                    socket,
+                    event,
+                    "unauthenticated",
+                    "Authenticate before sending audio.",
+                );
+            }
+            audio(socket, event);
+        })
+        .on_fallback(|socket, event| {
+            if !authenticated(socket) {
+                return refuse(socket, event, "unauthenticated", "Authenticate first.");
+            }
+            let name = event.name.clone();
+            refuse(
+                socket,
+                event,
+                "unknown_event",
+                &format!("Unknown event {name:?}."),
+            );
+        })
+        .on_disconnect(move |socket, _| {
+            if let Some(Authenticated {
+                login: Some(login), ..
+            }) = socket.extensions().get::<Authenticated>()
+            {
+                leaving.logins.remove(&login, socket);
+            }
+        });
+    });
+}
+
+fn authenticate(auth: Arc<VoiceAuth>, socket: Socket, event: Event) {
+    if let Some(who) = socket.extensions().get::<Authenticated>() {
+        let _ = socket.emit("authenticated", json!({ "via": who.via }));
+        return;
+    }
+    let attempts = socket
+        .extensions()
+        .get::<ConnectionAttempts>()
+        .unwrap_or_default();
+    let now = Instant::now();
+    let local_wait = attempts
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retry_after(now);
+    let reply =
+        |socket: &Socket, ack: Option<crate::socketio::AckSender>, name: &str, body: Value| {
+            if let Some(ack) = ack {
+                let _ = ack.send(Payload::from(body.clone()));
+            }
+            let _ = socket.emit(name, body);
+        };
+    if let Some(wait) = local_wait {
+        let body = auth_error(
+            "rate_limited",
+            "Too many wrong PINs; wait before trying again.",
+            wait,
+        );
+        return reply(&socket, event.ack, "auth_error", body);
+    }
+    let Ok(PinAuth { pin }) = event.data.get::<PinAuth>(0) else {
+        let body = auth_error("bad_request", "Send {pin} to authenticate.", Duration::ZERO);
+        return reply(&socket, event.ack, "auth_error", body);
+    };
+    let key = client_key(socket.handshake().peer.map(|p| p.ip()));
+    let ack = event.ack;
+    actix_rt::spawn(async move {
+        match auth.check_pin(&key, &pin).await {
+            Ok(()) => {
+                let who = Authenticated {
+                    via: "pin",
+                    login: None,
+                };
+                socket.extensions().insert(who.clone());
+                if let Some(ack) = ack {
+                    let _ = ack.send(json!({ "via": "pin" }));
+                }
+                on_authenticated(&auth, &socket, &who);
+            }
+            Err(mut body) => {
+                if body["code"] == "invalid_pin" {
+                    let local = attempts
+                        .0
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .fail(&auth.policy, Instant::now());
+                    let shared = body["retryAfterMs"].as_u64().unwrap_or(0);
+                    body["retryAfterMs"] = json!(shared.max(local.as_millis() as u64));
+                }
+                reply(&socket, ack, "auth_error", body);
+            }
+        }
+    });
+}
+
+/// An audio chunk from an authenticated socket: acknowledged with `{seq, bytes}`.
+fn audio(socket: &Socket, event: Event) {
+    let bytes = event.data.bins.first().map(|b| b.len()).unwrap_or(0);
+    let counter = match socket.extensions().get::<AudioCounter>() {
+        Some(counter) => counter,
+        None => {
+            let counter = AudioCounter::default();
+            socket.extensions().insert(counter.clone());
+            counter
+        }
+    };
+    let seq = {
+        let mut n = counter.0.lock().unwrap_or_else(|e| e.into_inner());
+        *n += 1;
+        *n
+    };
+    if let Some(ack) = event.ack {
+        let _ = ack.send(json!({ "seq": seq, "bytes": bytes }));
+    }
+}
