@@ -25,6 +25,7 @@ use actix_session::storage::{
 };
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::error::InternalError;
 use actix_web::http::header;
 use actix_web::{Error, HttpResponse};
 
@@ -339,12 +340,20 @@ where
             return Box::pin(ready(Ok(ServiceResponse::new(req, unavailable()))));
         }
         let before = health.failures();
-        let http_req = req.request().clone();
         let fut = self.wrapped.call(req);
         Box::pin(async move {
             let result = fut.await;
             if health.failures() != before {
-                return Ok(ServiceResponse::new(http_req, unavailable()));
+                // The store failed during this request: whatever the session layer made of it
+                // (a 500), the answer is 503 with Retry-After.
+                return match result {
+                    Ok(res) => Ok(res.into_response(unavailable())),
+                    Err(_) => Err(InternalError::from_response(
+                        "session store unavailable",
+                        unavailable(),
+                    )
+                    .into()),
+                };
             }
             Ok(result?.map_into_boxed_body())
         })
