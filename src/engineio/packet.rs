@@ -124,8 +124,6 @@ pub enum OutFrame {
 impl OutFrame {
     /// `2`: the server's heartbeat ping.
     pub const PING: OutFrame = OutFrame::Text(ByteString::from_static("2"));
-    /// `3probe`: the answer to an upgrade probe.
-    pub const PONG_PROBE: OutFrame = OutFrame::Text(ByteString::from_static("3probe"));
     /// `1`: the server closes the session.
     pub const CLOSE: OutFrame = OutFrame::Text(ByteString::from_static("1"));
     /// `6`: nothing; answers a poll during an upgrade.

@@ -10,7 +10,8 @@
 //!
 //! Writing: one writer future per connection drains the session's outbox into the socket, so
 //! packets leave in the order they were queued. Every close, whoever starts it, goes through the
-//! outbox: the writer flushes what is queued, the actor then sends the close frame and stops.
+//! outbox: the writer flushes what is queued, the actor then sends the close frame (and no
+//! Engine.IO close packet: clients reconnect after a bare close frame) and stops.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -213,7 +214,7 @@ impl WsConnection {
                     let mut ws = self.ws.clone();
                     let polling = polling.clone();
                     async move {
-                        let _ = ws.text(probe_text(OutFrame::PONG_PROBE)).await;
+                        let _ = ws.text(ByteString::from_static("3probe")).await;
                     }
                     .into_actor(self)
                     .map(move |(), _, _| polling.do_send(UpgradeProbed))
@@ -240,13 +241,6 @@ impl WsConnection {
             },
             Mode::Rejected | Mode::Done => {}
         }
-    }
-}
-
-fn probe_text(frame: OutFrame) -> ByteString {
-    match frame {
-        OutFrame::Text(text) => text,
-        OutFrame::Binary(_) => ByteString::new(),
     }
 }
 
@@ -278,8 +272,10 @@ async fn write_frames(mut ws: actix_ws::Session, outbox: Arc<Outbox>) {
                 return;
             }
         }
+        // No close packet on a WebSocket, as the reference server does: the close frame says
+        // it, and a client that got a close packet would take it as a deliberate disconnect
+        // and not reconnect.
         if closing.is_some() {
-            let _ = ws.text(probe_text(OutFrame::CLOSE)).await;
             return;
         }
         outbox.changed().await;
