@@ -336,6 +336,52 @@ async fn login_renews_the_session_id() {
 }
 
 #[actix_rt::test]
+async fn logout_revokes_cookie_copies_and_earlier_tokens() {
+    for redis in [None, Some(Redis::start())] {
+        let url = redis.as_ref().map(Redis::url);
+        let extra: Vec<&str> = match &url {
+            Some(url) => vec!["--redis-url", url],
+            None => vec![],
+        };
+        let app = AppServer::start(&extra);
+        let cookie = login(&app, None).await;
+        let mut res = client()
+            .get(app.url("/api/voice-token"))
+            .insert_header(("Cookie", cookie.as_str()))
+            .send()
+            .await
+            .unwrap();
+        let token: serde_json::Value = res.json().await.unwrap();
+        let token = token["token"].as_str().unwrap().to_owned();
+        let res = client()
+            .post(app.url("/logout"))
+            .insert_header(("Cookie", cookie.as_str()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 204);
+        // A copy of the cookie from before the logout gets no token.
+        assert_eq!(token_status(&app, &cookie, None).await, 401, "{url:?}");
+        // A token from before the logout no longer connects.
+        let (_, mut conn) = client()
+            .ws(format!(
+                "ws://{}/socket.io/?EIO=4&transport=websocket",
+                app.addr
+            ))
+            .connect()
+            .await
+            .unwrap();
+        ws_text(&mut conn).await;
+        ws_send(&mut conn, &format!(r#"40/voice,{{"token":"{token}"}}"#)).await;
+        let refused = data(&mut conn).await;
+        assert!(
+            refused.starts_with(r#"44/voice,{"data":{"code":"invalid_token""#),
+            "{refused}"
+        );
+    }
+}
+
+#[actix_rt::test]
 async fn logout_purges_the_session() {
     let app = AppServer::start(&[]);
     let cookie = login(&app, None).await;

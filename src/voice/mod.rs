@@ -16,7 +16,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::socketio::{ConnectError, ConnectRequest, Event, Payload, Socket, SocketIo};
-use crate::web::auth::{AttemptLimiter, Backoff, BackoffPolicy, Pin, Refusal, TokenSigner};
+use crate::web::auth::{
+    AttemptLimiter, Backoff, BackoffPolicy, Pin, Refusal, Revocations, TokenSigner,
+};
 
 /// The namespace's name.
 pub const NAMESPACE: &str = "/voice";
@@ -33,6 +35,8 @@ pub struct VoiceAuth {
     pub tokens: TokenSigner,
     /// Sockets authenticated by a page login's token, by login (logout disconnects them).
     pub logins: Logins,
+    /// Logins that logged out.
+    pub revoked: Revocations,
 }
 
 /// A socket's proof of authentication, kept in its extensions.
@@ -152,15 +156,25 @@ impl VoiceAuth {
             return Ok(());
         };
         if let Ok(TokenAuth { token }) = TokenAuth::deserialize(auth) {
-            return match self.tokens.verify(&token) {
-                Some(claims) => {
+            let claims = self.tokens.verify(&token);
+            let revoked = match &claims {
+                Some(claims) => self.revoked.is_revoked(&claims.login).await,
+                None => Ok(false),
+            };
+            return match (claims, revoked) {
+                (_, Err(_)) => refuse(auth_error(
+                    "unavailable",
+                    "Authentication is unavailable; try again shortly.",
+                    Duration::from_secs(1),
+                )),
+                (Some(claims), Ok(false)) => {
                     req.extensions.insert(Authenticated {
                         via: "token",
                         login: Some(claims.login),
                     });
                     Ok(())
                 }
-                None => refuse(auth_error(
+                _ => refuse(auth_error(
                     "invalid_token",
                     "The voice token is invalid or expired.",
                     Duration::ZERO,

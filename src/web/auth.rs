@@ -478,3 +478,86 @@ mod tests {
         assert_eq!(limiter.check("a").await, Ok(()));
     }
 }
+
+/// Page logins that logged out, remembered for as long as their cookie could live: a copy of a
+/// logged-out cookie (the cookie store cannot take it back) gets no new voice token, and a
+/// token issued before the logout no longer connects. In Redis when configured (every node
+/// sees a logout), else in this process.
+#[derive(Clone)]
+pub enum Revocations {
+    /// In this process; expired entries are dropped as new ones come.
+    Memory(Arc<Mutex<HashMap<String, Instant>>>),
+    /// In Redis, as keys that expire by themselves.
+    Redis {
+        connection: redis::aio::ConnectionManager,
+        timeout: Duration,
+    },
+}
+
+fn revoked_key(login: &str) -> String {
+    format!("voxio:logout:{login}")
+}
+
+impl Revocations {
+    /// An in-process list.
+    pub fn memory() -> Revocations {
+        Revocations::Memory(Arc::new(Mutex::new(HashMap::new())))
+    }
+
+    /// Remembers that `login` logged out, for `ttl`.
+    pub async fn revoke(&self, login: &str, ttl: Duration) -> Result<(), Refusal> {
+        match self {
+            Revocations::Memory(map) => {
+                let now = Instant::now();
+                let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+                map.retain(|_, until| *until > now);
+                map.insert(login.to_owned(), now + ttl);
+                Ok(())
+            }
+            Revocations::Redis {
+                connection,
+                timeout,
+            } => {
+                let mut conn = connection.clone();
+                tokio::time::timeout(
+                    *timeout,
+                    redis::cmd("SET")
+                        .arg(revoked_key(login))
+                        .arg(1)
+                        .arg("PX")
+                        .arg(ttl.as_millis().max(1) as u64)
+                        .query_async::<()>(&mut conn),
+                )
+                .await
+                .map_err(|_| Refusal::Unavailable)?
+                .map_err(|_| Refusal::Unavailable)
+            }
+        }
+    }
+
+    /// Whether `login` logged out.
+    pub async fn is_revoked(&self, login: &str) -> Result<bool, Refusal> {
+        match self {
+            Revocations::Memory(map) => {
+                let map = map.lock().unwrap_or_else(|e| e.into_inner());
+                Ok(map.get(login).is_some_and(|until| *until > Instant::now()))
+            }
+            Revocations::Redis {
+                connection,
+                timeout,
+            } => {
+                let mut conn = connection.clone();
+                let exists: bool = tokio::time::timeout(
+                    *timeout,
+                    redis::cmd("EXISTS")
+                        .arg(revoked_key(login))
+                        .query_async(&mut conn),
+                )
+                .await
+                .map_err(|_| Refusal::Unavailable)?
+                .map_err(|_| Refusal::Unavailable)?;
+                Ok(exists)
+            }
+        }
+    }
+}

@@ -30,7 +30,7 @@ use crate::config::ServerArgs;
 use crate::engineio::{Engine, OriginPolicy};
 use crate::socketio::{SocketIo, SocketIoConfig};
 use crate::voice::{self, VoiceAuth};
-use auth::{AttemptLimiter, BackoffPolicy, Pin, Refusal, TokenSigner};
+use auth::{AttemptLimiter, BackoffPolicy, Pin, Refusal, Revocations, TokenSigner};
 use session::{BypassSessions, SessionStoreKind, StoreHealth};
 
 /// The path prefix of the Socket.IO endpoint.
@@ -92,8 +92,8 @@ impl Voxio {
             ..BackoffPolicy::default()
         };
         let redis_timeout = Duration::from_millis(args.redis_timeout_ms);
-        let (limiter, redis_store) = match &args.redis_url {
-            None => (AttemptLimiter::memory(policy), None),
+        let (limiter, revoked, redis_store) = match &args.redis_url {
+            None => (AttemptLimiter::memory(policy), Revocations::memory(), None),
             Some(url) => {
                 let client = redis::Client::open(url.as_str())?;
                 let config = redis::aio::ConnectionManagerConfig::new()
@@ -108,6 +108,10 @@ impl Voxio {
                 (
                     AttemptLimiter::Redis {
                         policy,
+                        connection: connection.clone(),
+                        timeout: redis_timeout,
+                    },
+                    Revocations::Redis {
                         connection,
                         timeout: redis_timeout,
                     },
@@ -121,6 +125,7 @@ impl Voxio {
             policy,
             tokens: TokenSigner::new(&secret, Duration::from_millis(args.token_ttl_ms)),
             logins: voice::Logins::default(),
+            revoked,
         });
         let io = SocketIo::new(SocketIoConfig::default());
         voice::namespace(&io, auth.clone());
@@ -304,8 +309,16 @@ fn too_many(wait: Duration) -> HttpResponse {
 }
 
 async fn voice_token(app: web::Data<Voxio>, session: Session) -> HttpResponse {
-    match session.get::<String>("login") {
-        Ok(Some(login)) => HttpResponse::Ok()
+    let login = session.get::<String>("login").ok().flatten();
+    let revoked = match &login {
+        Some(login) => app.auth.revoked.is_revoked(login).await,
+        None => Ok(false),
+    };
+    match (login, revoked) {
+        (_, Err(_)) => HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "1"))
+            .json(json!({"code": "unavailable", "message": "Try again shortly."})),
+        (Some(login), Ok(false)) => HttpResponse::Ok()
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .json(json!({
                 "token": app.auth.tokens.issue(&login),
@@ -328,6 +341,18 @@ async fn logout(req: HttpRequest, app: web::Data<Voxio>, session: Session) -> Ht
         );
     }
     if let Ok(Some(login)) = session.get::<String>("login") {
+        // Remembered for as long as a copy of the cookie could be presented.
+        if app
+            .auth
+            .revoked
+            .revoke(&login, app.session_ttl)
+            .await
+            .is_err()
+        {
+            return HttpResponse::ServiceUnavailable()
+                .insert_header((header::RETRY_AFTER, "1"))
+                .json(json!({"code": "unavailable", "message": "Try again shortly."}));
+        }
         app.auth.logins.disconnect(&login);
     }
     session.purge();

@@ -84,11 +84,65 @@ export async function startVoxio(args = ["protocol-test"], { attempts = 3 } = {}
       `voxio binary not found at ${VOXIO_BIN} (build it with cargo, or set VOXIO_BIN)`,
     );
   }
+  return startWithRetries(
+    (port) => ({ args: [...args, "--port", String(port)], env: { ...process.env, NO_COLOR: "1" } }),
+    attempts,
+  );
+}
+
+/** Directory of the page's files, passed to the main server as VOXIO_STATIC_DIR. */
+export const STATIC_DIR = path.resolve(HERE, "../../static");
+
+/** The PIN `startVoxioServer` gives the main server unless told otherwise. */
+export const TEST_PIN = "482915";
+
+/**
+ * Starts the MAIN server (`voxio` with no subcommand) on 127.0.0.1 and a free port and
+ * waits until it accepts TCP connections; retries with a new port if the process dies
+ * during startup.
+ *
+ * The child gets the parent's environment without any inherited `VOXIO_*` variable (so a
+ * stray VOXIO_REDIS_URL or VOXIO_PIN cannot change what the tests see), then:
+ * VOXIO_BIND=127.0.0.1:PORT, VOXIO_PIN=`pin`, VOXIO_STATIC_DIR=STATIC_DIR, VOXIO_WORKERS=2,
+ * and `env` on top (e.g. { VOXIO_PIN_FREE_ATTEMPTS: "1", VOXIO_PIN_BACKOFF_MS: "400" }).
+ *
+ * Returns the same object as `startVoxio`, plus `pin`.
+ */
+export async function startVoxioServer({ pin = TEST_PIN, env = {}, attempts = 3 } = {}) {
+  if (!existsSync(VOXIO_BIN)) {
+    throw new Error(
+      `voxio binary not found at ${VOXIO_BIN} (build it with cargo, or set VOXIO_BIN)`,
+    );
+  }
+  const base = Object.fromEntries(
+    Object.entries(process.env).filter(([k]) => !k.startsWith("VOXIO_")),
+  );
+  const server = await startWithRetries(
+    (port) => ({
+      args: [],
+      env: {
+        ...base,
+        NO_COLOR: "1",
+        VOXIO_BIND: `127.0.0.1:${port}`,
+        VOXIO_PIN: pin,
+        VOXIO_STATIC_DIR: STATIC_DIR,
+        VOXIO_WORKERS: "2",
+        ...Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)])),
+      },
+    }),
+    attempts,
+  );
+  server.pin = pin;
+  return server;
+}
+
+/** Tries `attempts` free ports; `spec(port)` gives the child's { args, env }. */
+async function startWithRetries(spec, attempts) {
   let lastError;
   for (let attempt = 1; attempt <= attempts; attempt++) {
     const port = await freePort();
     try {
-      return await startOnPort(args, port);
+      return await startOnPort(spec(port), port);
     } catch (err) {
       lastError = err;
     }
@@ -96,11 +150,11 @@ export async function startVoxio(args = ["protocol-test"], { attempts = 3 } = {}
   throw lastError;
 }
 
-async function startOnPort(args, port) {
+async function startOnPort({ args, env }, port) {
   const log = new LogBuffer();
-  const child = spawn(VOXIO_BIN, [...args, "--port", String(port)], {
+  const child = spawn(VOXIO_BIN, args, {
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, NO_COLOR: "1" },
+    env,
   });
   child.stdout.on("data", (c) => log.push("stdout", c));
   child.stderr.on("data", (c) => log.push("stderr", c));
