@@ -8,8 +8,10 @@ set -euo pipefail
 VOXIO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Debian packages needed to build voxio (C libraries for -sys crates, pkg-config).
-BUILD_PACKAGES=(pkg-config)
-# Debian packages the tests need besides the build ones.
+BUILD_PACKAGES=(pkg-config libpocketsphinx-dev)
+# Debian packages voxio needs at run time: the speech model and the speech programs.
+RUN_PACKAGES=(pocketsphinx-en-us flite espeak-ng)
+# Debian packages the tests need besides those.
 TEST_PACKAGES=(nodejs npm redis-server python3-venv)
 
 _apt_updated=0
@@ -42,7 +44,7 @@ apt_install() {
 
 deps_build() {
   command -v cargo >/dev/null || { echo "deps: cargo not found; install Rust (rustup) first" >&2; exit 1; }
-  apt_install "${BUILD_PACKAGES[@]}"
+  apt_install "${BUILD_PACKAGES[@]}" "${RUN_PACKAGES[@]}"
 }
 
 # npm packages of a folder with a package-lock.json, installed only when the lock changed.

@@ -80,6 +80,35 @@ pub struct ServerArgs {
     /// Longest backoff, in milliseconds.
     #[arg(long, env = "VOXIO_PIN_BACKOFF_MAX_MS", default_value_t = 300_000)]
     pub pin_backoff_max_ms: u64,
+    /// The voice pipeline: `default` (VAD, speech-to-text, assistant, speech), or `none`
+    /// (audio is acknowledged and dropped: for transport benchmarks).
+    #[arg(long, env = "VOXIO_PIPELINE", default_value = "default")]
+    pub pipeline: String,
+    /// Speech-to-text decoder threads (each holds a warm pocketsphinx decoder, ~100 MB).
+    #[arg(long, env = "VOXIO_STT_THREADS", default_value_t = 2)]
+    pub stt_threads: usize,
+    /// Directory of the pocketsphinx model.
+    #[arg(
+        long,
+        env = "VOXIO_STT_MODEL_DIR",
+        default_value = "/usr/share/pocketsphinx/model/en-us"
+    )]
+    pub stt_model_dir: PathBuf,
+    /// Text-to-speech program: `flite` or `espeak-ng`.
+    #[arg(long, env = "VOXIO_TTS", default_value = "flite")]
+    pub tts: String,
+    /// The speech program's voice (flite: slt, rms, awb, kal; espeak-ng: en, en-us, …).
+    #[arg(long, env = "VOXIO_TTS_VOICE", default_value = "slt")]
+    pub tts_voice: String,
+    /// Voice score (0 to 1) at or above which a 16 ms frame counts as speech.
+    #[arg(long, env = "VOXIO_VAD_THRESHOLD", default_value_t = 0.5)]
+    pub vad_threshold: f32,
+    /// Silence, in milliseconds, that ends a turn (at most 3000).
+    #[arg(long, env = "VOXIO_TURN_HANGOVER_MS", default_value_t = 600)]
+    pub turn_hangover_ms: u64,
+    /// Audio chunks a pipeline queues before dropping the oldest.
+    #[arg(long, env = "VOXIO_AUDIO_QUEUE", default_value_t = 256)]
+    pub audio_queue: usize,
     /// Engine.IO settings.
     #[command(flatten)]
     pub engine: EngineArgs,

@@ -7,6 +7,13 @@
 //! Failed PINs back off per client address (in Redis when configured, so the limit survives
 //! reconnects and spans nodes) and per connection.
 
+pub mod assistant;
+pub mod audio;
+pub mod pipeline;
+pub mod stt;
+pub mod tts;
+pub mod turn;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -19,6 +26,7 @@ use crate::socketio::{ConnectError, ConnectRequest, Event, Payload, Socket, Sock
 use crate::web::auth::{
     AttemptLimiter, Backoff, BackoffPolicy, Pin, Refusal, Revocations, TokenSigner,
 };
+use pipeline::{Pipeline, PipelineHandle, Stages};
 
 /// The namespace's name.
 pub const NAMESPACE: &str = "/voice";
@@ -55,6 +63,9 @@ struct ConnectionAttempts(Arc<Mutex<Backoff>>);
 /// Per-socket audio counters.
 #[derive(Debug, Clone, Default)]
 struct AudioCounter(Arc<Mutex<u64>>);
+
+/// Most bytes in one `audio` chunk: one second of 48 kHz stereo.
+pub const MAX_CHUNK: usize = 192_000;
 
 /// Sockets by the page login that authenticated them.
 #[derive(Default)]
@@ -213,17 +224,42 @@ fn refuse(socket: &Socket, event: Event, code: &str, message: &str) {
     let _ = socket.emit("error", body);
 }
 
-fn on_authenticated(auth: &VoiceAuth, socket: &Socket, who: &Authenticated) {
+fn on_authenticated(voice: &Voice, socket: &Socket, who: &Authenticated) {
     if let Some(login) = &who.login {
-        auth.logins.add(login, socket);
+        voice.auth.logins.add(login, socket);
     }
     let _ = socket.emit("authenticated", json!({ "via": who.via }));
+    if let Some(stages) = &voice.stages {
+        let user = who.login.clone().unwrap_or_else(|| "pin".to_owned());
+        let handle = Pipeline::start(socket.clone(), user.clone(), stages.clone());
+        socket.extensions().insert(handle);
+        if let Some(items) = stages.assistant.todos(&user) {
+            let _ = socket.emit("todos", json!({ "items": items }));
+        }
+    }
+    let _ = socket.emit(
+        "session.ready",
+        json!({ "pipeline": voice.stages.is_some() }),
+    );
+}
+
+/// What `/voice` needs: authentication, and the pipeline's stages (`None`: audio is
+/// acknowledged and dropped, for transport benchmarks).
+pub struct Voice {
+    /// PIN, limits, tokens.
+    pub auth: Arc<VoiceAuth>,
+    /// The voice pipeline's stages.
+    pub stages: Option<Arc<Stages>>,
 }
 
 /// Declares `/voice` on `io`.
-pub fn namespace(io: &SocketIo, auth: Arc<VoiceAuth>) {
-    let (connecting, connected, authenticating, leaving) =
-        (auth.clone(), auth.clone(), auth.clone(), auth);
+pub fn namespace(io: &SocketIo, voice: Arc<Voice>) {
+    let (connecting, connected, authenticating, leaving) = (
+        voice.auth.clone(),
+        voice.clone(),
+        voice.clone(),
+        voice.auth.clone(),
+    );
     io.namespace(NAMESPACE, move |ns| {
         ns.middleware_async(move |req| {
             let auth = connecting.clone();
@@ -249,6 +285,58 @@ pub fn namespace(io: &SocketIo, auth: Arc<VoiceAuth>) {
             }
             audio(socket, event);
         })
+        .on("audio.start", |socket, event| {
+            if !authenticated(socket) {
+                return refuse(socket, event, "unauthenticated", "Authenticate first.");
+            }
+            match audio::AudioFormat::parse(event.data.args.first().unwrap_or(&Value::Null)) {
+                Ok(format) => {
+                    if let Some(pipeline) = socket.extensions().get::<PipelineHandle>() {
+                        pipeline.start(format);
+                    }
+                    if let Some(ack) = event.ack {
+                        let _ = ack.send(json!({ "ok": true }));
+                    }
+                }
+                Err(e) => refuse(socket, event, e.code(), &e.to_string()),
+            }
+        })
+        .on("audio.stop", |socket, event| {
+            if !authenticated(socket) {
+                return refuse(socket, event, "unauthenticated", "Authenticate first.");
+            }
+            if let Some(pipeline) = socket.extensions().get::<PipelineHandle>() {
+                pipeline.stop();
+            }
+        })
+        .on("playback.position", |socket, event| {
+            if let (Some(pipeline), Ok(PlaybackPosition { played_ms })) = (
+                socket.extensions().get::<PipelineHandle>(),
+                event.data.get::<PlaybackPosition>(0),
+            ) {
+                pipeline.played(played_ms);
+            }
+        })
+        .on("text", |socket, event| {
+            if !authenticated(socket) {
+                return refuse(socket, event, "unauthenticated", "Authenticate first.");
+            }
+            let input = event.data.get::<TextInput>(0);
+            match (socket.extensions().get::<PipelineHandle>(), input) {
+                (Some(pipeline), Ok(TextInput { text }))
+                    if !text.trim().is_empty() && text.len() <= 2000 =>
+                {
+                    pipeline.text(text)
+                }
+                (None, _) => refuse(socket, event, "no_pipeline", "The voice pipeline is off."),
+                _ => refuse(
+                    socket,
+                    event,
+                    "bad_request",
+                    "text takes {text} of at most 2000 bytes.",
+                ),
+            }
+        })
         .on_fallback(|socket, event| {
             if !authenticated(socket) {
                 return refuse(socket, event, "unauthenticated", "Authenticate first.");
@@ -262,6 +350,9 @@ pub fn namespace(io: &SocketIo, auth: Arc<VoiceAuth>) {
             );
         })
         .on_disconnect(move |socket, _| {
+            if let Some(pipeline) = socket.extensions().remove::<PipelineHandle>() {
+                pipeline.shutdown();
+            }
             if let Some(Authenticated {
                 login: Some(login), ..
             }) = socket.extensions().get::<Authenticated>()
@@ -272,7 +363,8 @@ pub fn namespace(io: &SocketIo, auth: Arc<VoiceAuth>) {
     });
 }
 
-fn authenticate(auth: Arc<VoiceAuth>, socket: Socket, event: Event) {
+fn authenticate(voice: Arc<Voice>, socket: Socket, event: Event) {
+    let auth = voice.auth.clone();
     if let Some(who) = socket.extensions().get::<Authenticated>() {
         let _ = socket.emit("authenticated", json!({ "via": who.via }));
         return;
@@ -319,7 +411,7 @@ fn authenticate(auth: Arc<VoiceAuth>, socket: Socket, event: Event) {
                 if let Some(ack) = ack {
                     let _ = ack.send(json!({ "via": "pin" }));
                 }
-                on_authenticated(&auth, &socket, &who);
+                on_authenticated(&voice, &socket, &who);
             }
             Err(mut body) => {
                 if body["code"] == "invalid_pin" {
@@ -337,9 +429,33 @@ fn authenticate(auth: Arc<VoiceAuth>, socket: Socket, event: Event) {
     });
 }
 
-/// An audio chunk from an authenticated socket: acknowledged with `{seq, bytes}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlaybackPosition {
+    played_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct TextInput {
+    text: String,
+}
+
+/// An audio chunk from an authenticated socket: checked, handed to the pipeline, and
+/// acknowledged with `{seq, bytes}`. Bad chunks get `error` and the connection goes on.
 fn audio(socket: &Socket, event: Event) {
-    let bytes = event.data.bins.first().map(|b| b.len()).unwrap_or(0);
+    let Some(chunk) = event.data.bins.first().cloned() else {
+        let e = audio::AudioError::NoData;
+        return refuse(socket, event, e.code(), &e.to_string());
+    };
+    let bytes = chunk.len();
+    let pipeline = socket.extensions().get::<PipelineHandle>();
+    let format = pipeline.as_ref().map(|p| p.format()).unwrap_or_default();
+    if let Err(e) = format.check_chunk(bytes, MAX_CHUNK) {
+        return refuse(socket, event, e.code(), &e.to_string());
+    }
+    if let Some(pipeline) = &pipeline {
+        pipeline.audio(chunk);
+    }
     let counter = match socket.extensions().get::<AudioCounter>() {
         Some(counter) => counter,
         None => {

@@ -119,6 +119,11 @@ impl Voxio {
                 )
             }
         };
+        let stages = match args.pipeline.as_str() {
+            "none" => None,
+            "default" => Some(Arc::new(stages(args)?)),
+            other => anyhow::bail!("VOXIO_PIPELINE must be default or none, not {other:?}"),
+        };
         let auth = Arc::new(VoiceAuth {
             pin,
             limiter,
@@ -128,7 +133,13 @@ impl Voxio {
             revoked,
         });
         let io = SocketIo::new(SocketIoConfig::default());
-        voice::namespace(&io, auth.clone());
+        voice::namespace(
+            &io,
+            Arc::new(voice::Voice {
+                auth: auth.clone(),
+                stages,
+            }),
+        );
         let engine_config = args.engine.engine_config();
         let origins = engine_config.origins.clone();
         let engine = Engine::new(engine_config, io.engine_handler());
@@ -186,6 +197,48 @@ impl Voxio {
                 .service(actix_files::Files::new("/", &self.static_dir).index_file("index.html"));
         }
     }
+}
+
+/// The voice pipeline's stages from the settings: warms the speech-to-text decoders.
+fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
+    use voice::assistant::TodoAssistant;
+    use voice::stt::{SphinxModel, SphinxPool};
+    use voice::tts::{ProcessTts, Program};
+    let model = SphinxModel::in_dir(&args.stt_model_dir);
+    model.check().map_err(|e| anyhow::anyhow!(e))?;
+    let grammar = TodoAssistant::grammar(&model.words());
+    let started = std::time::Instant::now();
+    let pool =
+        SphinxPool::start(&model, &grammar, args.stt_threads).map_err(|e| anyhow::anyhow!(e))?;
+    tracing::info!(
+        decoders = pool.size(),
+        ms = started.elapsed().as_millis() as u64,
+        "speech-to-text ready"
+    );
+    let program = match args.tts.as_str() {
+        "flite" => Program::Flite(args.tts_voice.clone()),
+        "espeak-ng" => Program::EspeakNg(if args.tts_voice == "slt" {
+            "en-us".into()
+        } else {
+            args.tts_voice.clone()
+        }),
+        other => anyhow::bail!("VOXIO_TTS must be flite or espeak-ng, not {other:?}"),
+    };
+    Ok(voice::pipeline::Stages {
+        turn: voice::turn::TurnConfig {
+            threshold: args.vad_threshold,
+            hangover: Duration::from_millis(args.turn_hangover_ms),
+            ..voice::turn::TurnConfig::default()
+        },
+        stt: Arc::new(pool),
+        assistant: Arc::new(TodoAssistant::default()),
+        tts: Arc::new(ProcessTts {
+            program,
+            timeout: Duration::from_secs(10),
+        }),
+        inbox: args.audio_queue,
+        lead: Duration::from_millis(300),
+    })
 }
 
 async fn healthz() -> HttpResponse {

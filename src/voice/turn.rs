@@ -1,0 +1,239 @@
+//! Voice activity and end of turn, as a state machine over VAD frames (no clock of its own:
+//! time is counted in 16 ms frames, so every rule is a unit test).
+//!
+//! - Speech is confirmed after `confirm` of voiced frames in a row; the `preroll` before the
+//!   first of them is kept so the start of the first word reaches speech-to-text.
+//! - The turn ends after `hangover` of unvoiced frames, or when it reaches `max_turn`.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::audio::{Frame, FRAME, RATE};
+
+/// Scores frames: 0 no voice, 1 voice.
+pub trait Vad: Send {
+    /// The voice probability of one 16 ms frame.
+    fn score(&mut self, frame: &Frame) -> f32;
+    /// Forgets everything (a new stream).
+    fn reset(&mut self);
+}
+
+/// earshot's neural VAD.
+pub struct Earshot(Box<earshot::Detector>);
+
+impl Earshot {
+    /// A fresh detector.
+    pub fn new() -> Earshot {
+        Earshot(earshot::Detector::default_boxed())
+    }
+}
+
+impl Default for Earshot {
+    fn default() -> Self {
+        Earshot::new()
+    }
+}
+
+impl Vad for Earshot {
+    fn score(&mut self, frame: &Frame) -> f32 {
+        self.0.predict_i16(frame)
+    }
+
+    fn reset(&mut self) {
+        self.0.reset();
+    }
+}
+
+/// Turn-taking settings, each with its documented default.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnConfig {
+    /// Voice score at or above which a frame counts as voiced. Default 0.5.
+    pub threshold: f32,
+    /// Voiced time in a row that confirms speech. Default 200 ms.
+    pub confirm: Duration,
+    /// Audio kept from before the confirmation. Default 300 ms.
+    pub preroll: Duration,
+    /// Silence that ends a turn. Default 600 ms; at most 3 s.
+    pub hangover: Duration,
+    /// Longest turn. Default 15 s.
+    pub max_turn: Duration,
+}
+
+/// The longest hangover allowed.
+pub const MAX_HANGOVER: Duration = Duration::from_secs(3);
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            threshold: 0.5,
+            confirm: Duration::from_millis(200),
+            preroll: Duration::from_millis(300),
+            hangover: Duration::from_millis(600),
+            max_turn: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Frames in a duration (at least one).
+pub fn frames_in(d: Duration) -> usize {
+    ((d.as_micros() * u128::from(RATE)) / (1_000_000 * FRAME as u128)).max(1) as usize
+}
+
+/// What one frame changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to report; the frame is not part of a turn.
+    Idle,
+    /// Speech was just confirmed: [`Turns::take_preroll`] holds the turn's audio so far
+    /// (this frame included).
+    Started,
+    /// The frame belongs to the turn in progress.
+    Speech,
+    /// The turn ended (this frame, silence, is not part of it).
+    Stopped,
+}
+
+/// The turn state machine.
+pub struct Turns {
+    config: TurnConfig,
+    confirm: usize,
+    preroll: usize,
+    hangover: usize,
+    max_turn: usize,
+    /// Recent frames while idle (the preroll plus the voiced run being confirmed).
+    recent: VecDeque<Frame>,
+    voiced_run: usize,
+    in_turn: Option<InTurn>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InTurn {
+    frames: usize,
+    silent_run: usize,
+}
+
+impl Turns {
+    /// A state machine with these settings (the hangover capped at [`MAX_HANGOVER`]).
+    pub fn new(config: TurnConfig) -> Turns {
+        let confirm = frames_in(config.confirm);
+        let preroll = frames_in(config.preroll);
+        Turns {
+            config,
+            confirm,
+            preroll,
+            hangover: frames_in(config.hangover.min(MAX_HANGOVER)),
+            max_turn: frames_in(config.max_turn),
+            recent: VecDeque::with_capacity(confirm + preroll),
+            voiced_run: 0,
+            in_turn: None,
+        }
+    }
+
+    /// Whether a turn is in progress.
+    pub fn in_turn(&self) -> bool {
+        self.in_turn.is_some()
+    }
+
+    /// Feeds one frame and its voice score.
+    pub fn push(&mut self, frame: &Frame, score: f32) -> Step {
+        let voiced = score >= self.config.threshold;
+        if let Some(turn) = &mut self.in_turn {
+            turn.frames += 1;
+            turn.silent_run = if voiced { 0 } else { turn.silent_run + 1 };
+            if turn.silent_run >= self.hangover || turn.frames >= self.max_turn {
+                self.in_turn = None;
+                self.voiced_run = 0;
+                return Step::Stopped;
+            }
+            return Step::Speech;
+        }
+        if self.recent.len() == self.confirm + self.preroll {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(*frame);
+        self.voiced_run = if voiced { self.voiced_run + 1 } else { 0 };
+        if self.voiced_run >= self.confirm {
+            self.in_turn = Some(InTurn {
+                frames: self.recent.len(),
+                silent_run: 0,
+            });
+            return Step::Started;
+        }
+        Step::Idle
+    }
+
+    /// The audio of a turn just started: the preroll and the confirming frames.
+    pub fn take_preroll(&mut self) -> impl Iterator<Item = Frame> + '_ {
+        self.recent.drain(..)
+    }
+
+    /// Ends any turn at once (the stream stopped).
+    pub fn reset(&mut self) {
+        self.in_turn = None;
+        self.voiced_run = 0;
+        self.recent.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: Frame = [0; FRAME];
+
+    fn run(turns: &mut Turns, scores: &[f32]) -> Vec<Step> {
+        scores.iter().map(|&s| turns.push(&F, s)).collect()
+    }
+
+    #[test]
+    fn speech_confirmed_after_confirm_time_with_preroll() {
+        let mut t = Turns::new(TurnConfig::default());
+        // 200 ms = 12 frames of 16 ms; 300 ms preroll = 18 frames.
+        assert_eq!(frames_in(Duration::from_millis(200)), 12);
+        let steps = run(&mut t, &[0.0; 30]);
+        assert!(steps.iter().all(|s| *s == Step::Idle));
+        let steps = run(&mut t, &[0.9; 12]);
+        assert_eq!(steps[..11], [Step::Idle; 11]);
+        assert_eq!(steps[11], Step::Started);
+        assert_eq!(t.take_preroll().count(), 30);
+        assert_eq!(t.push(&F, 0.9), Step::Speech);
+    }
+
+    #[test]
+    fn short_blips_make_no_turn() {
+        let mut t = Turns::new(TurnConfig::default());
+        let mut scores = Vec::new();
+        for _ in 0..20 {
+            scores.extend([0.9; 11]);
+            scores.push(0.1);
+        }
+        assert!(run(&mut t, &scores).iter().all(|s| *s == Step::Idle));
+    }
+
+    #[test]
+    fn hangover_ends_the_turn_and_pauses_do_not() {
+        let mut t = Turns::new(TurnConfig::default());
+        run(&mut t, &[0.9; 12]);
+        // A 400 ms pause (25 frames) is shorter than the 600 ms hangover (37 frames).
+        let steps = run(&mut t, &[0.1; 25]);
+        assert!(steps.iter().all(|s| *s == Step::Speech));
+        run(&mut t, &[0.9; 5]);
+        let steps = run(&mut t, &[0.1; 37]);
+        assert_eq!(steps[..36], [Step::Speech; 36]);
+        assert_eq!(steps[36], Step::Stopped);
+        assert!(!t.in_turn());
+    }
+
+    #[test]
+    fn hangover_is_capped_and_turns_are_bounded() {
+        let mut t = Turns::new(TurnConfig {
+            hangover: Duration::from_secs(60),
+            max_turn: Duration::from_secs(1),
+            ..TurnConfig::default()
+        });
+        assert_eq!(t.hangover, frames_in(MAX_HANGOVER));
+        run(&mut t, &[0.9; 12]);
+        let steps = run(&mut t, &[0.9; 60]);
+        assert_eq!(steps.iter().filter(|s| **s == Step::Stopped).count(), 1);
+    }
+}
