@@ -116,7 +116,16 @@ struct AppServer {
 
 impl AppServer {
     fn start(extra: &[&str]) -> AppServer {
-        let mut argv = vec!["voxio", "--pin", "2468", "--static-dir", "static"];
+        // The voice pipeline is tested on its own; these tests are about the HTTP side.
+        let mut argv = vec![
+            "voxio",
+            "--pin",
+            "2468",
+            "--static-dir",
+            "static",
+            "--pipeline",
+            "none",
+        ];
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv).expect("arguments");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -221,6 +230,10 @@ async fn voice_socket(app: &AppServer) -> WsConn {
     assert_eq!(
         data(&mut conn).await,
         r#"42/voice,["authenticated",{"via":"pin"}]"#
+    );
+    assert_eq!(
+        data(&mut conn).await,
+        r#"42/voice,["session.ready",{"pipeline":false}]"#
     );
     conn
 }
@@ -544,6 +557,10 @@ async fn audio_before_authentication_is_refused() {
     assert_eq!(
         data(&mut conn).await,
         r#"42/voice,["authenticated",{"via":"pin"}]"#
+    );
+    assert_eq!(
+        data(&mut conn).await,
+        r#"42/voice,["session.ready",{"pipeline":false}]"#
     );
     assert_eq!(
         audio(&mut conn, 8).await,
