@@ -8,7 +8,7 @@ set -euo pipefail
 VOXIO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Debian packages needed to build voxio (C libraries for -sys crates, pkg-config).
-BUILD_PACKAGES=(pkg-config libpocketsphinx-dev)
+BUILD_PACKAGES=(pkg-config libpocketsphinx-dev libssl-dev)
 # Debian packages voxio needs at run time: the speech model and the speech programs.
 RUN_PACKAGES=(pocketsphinx-en-us flite espeak-ng)
 # Debian packages the tests need besides those.

@@ -94,9 +94,41 @@ pub struct ServerArgs {
         default_value = "/usr/share/pocketsphinx/model/en-us"
     )]
     pub stt_model_dir: PathBuf,
-    /// Text-to-speech program: `flite` or `espeak-ng`.
+    /// Speech to text: `builtin` (pocketsphinx) or `openai` (`/audio/transcriptions`).
+    #[arg(long, env = "VOXIO_STT", default_value = "builtin")]
+    pub stt: String,
+    /// The assistant: `builtin` (the to-do list) or `openai` (streaming `/chat/completions`).
+    #[arg(long, env = "VOXIO_ASSISTANT", default_value = "builtin")]
+    pub assistant: String,
+    /// Text to speech: `flite`, `espeak-ng` (programs run per sentence) or `openai`
+    /// (`/audio/speech`).
     #[arg(long, env = "VOXIO_TTS", default_value = "flite")]
     pub tts: String,
+    /// Base URL of the OpenAI-compatible API.
+    #[arg(
+        long,
+        env = "VOXIO_OPENAI_BASE_URL",
+        default_value = "https://api.openai.com/v1"
+    )]
+    pub openai_base_url: String,
+    /// API key for the OpenAI-compatible API.
+    #[arg(long, env = "VOXIO_OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<Secret>,
+    /// Model for `/audio/transcriptions`.
+    #[arg(long, env = "VOXIO_OPENAI_STT_MODEL", default_value = "whisper-1")]
+    pub openai_stt_model: String,
+    /// Model for `/chat/completions`.
+    #[arg(long, env = "VOXIO_OPENAI_CHAT_MODEL", default_value = "gpt-4o-mini")]
+    pub openai_chat_model: String,
+    /// Model for `/audio/speech`.
+    #[arg(long, env = "VOXIO_OPENAI_TTS_MODEL", default_value = "tts-1")]
+    pub openai_tts_model: String,
+    /// Voice for `/audio/speech`.
+    #[arg(long, env = "VOXIO_OPENAI_TTS_VOICE", default_value = "alloy")]
+    pub openai_tts_voice: String,
+    /// Milliseconds a remote provider's request may take.
+    #[arg(long, env = "VOXIO_OPENAI_TIMEOUT_MS", default_value_t = 15_000)]
+    pub openai_timeout_ms: u64,
     /// The speech program's voice (flite: slt, rms, awb, kal; espeak-ng: en, en-us, …).
     #[arg(long, env = "VOXIO_TTS_VOICE", default_value = "slt")]
     pub tts_voice: String,

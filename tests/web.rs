@@ -3,18 +3,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpServer};
 use awc::ws;
-use clap::Parser;
-use common::{ws_send, ws_text, WsConn};
+use common::{ws_send, ws_text, AppServer, WsConn};
 use futures_util::SinkExt;
-use voxio::config::Cli;
-use voxio::web::Voxio;
 
 /// A `redis-server` of the test's own.
 struct Redis {
@@ -104,72 +98,6 @@ impl Drop for Redis {
             self.signal("-CONT");
         }
         self.stop();
-    }
-}
-
-/// The full voxio app, in its own actix system.
-struct AppServer {
-    addr: SocketAddr,
-    handle: actix_web::dev::ServerHandle,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl AppServer {
-    fn start(extra: &[&str]) -> AppServer {
-        // The voice pipeline is tested on its own; these tests are about the HTTP side.
-        let mut argv = vec![
-            "voxio",
-            "--pin",
-            "2468",
-            "--static-dir",
-            "static",
-            "--pipeline",
-            "none",
-        ];
-        argv.extend_from_slice(extra);
-        let cli = Cli::try_parse_from(argv).expect("arguments");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            actix_rt::System::new().block_on(async move {
-                let voxio = Voxio::build(&cli.server).await.expect("build").voxio;
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .wrap(voxio.sessions())
-                        .configure(voxio.configure())
-                })
-                .workers(2)
-                .disable_signals()
-                .shutdown_timeout(1)
-                .bind("127.0.0.1:0")
-                .expect("bind");
-                let addr = server.addrs()[0];
-                let server = server.run();
-                tx.send((addr, server.handle())).unwrap();
-                let _ = server.await;
-            })
-        });
-        let (addr, handle) = rx.recv().expect("server started");
-        AppServer {
-            addr,
-            handle,
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-impl Drop for AppServer {
-    fn drop(&mut self) {
-        let handle = self.handle.clone();
-        std::thread::spawn(move || actix_rt::System::new().block_on(handle.stop(false)))
-            .join()
-            .ok();
-        if let Some(thread) = self.thread.take() {
-            thread.join().ok();
-        }
     }
 }
 

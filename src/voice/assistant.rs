@@ -6,7 +6,10 @@
 //! offline recognition of its commands reliable.
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+
+use futures_util::Stream;
 
 /// The assistant's answer to one turn.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,10 +20,40 @@ pub struct Reply {
     pub todos: Option<Vec<String>>,
 }
 
+/// Who said a line of the conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The user.
+    User,
+    /// The assistant (only what the user heard of it).
+    Assistant,
+}
+
+/// One line of the conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub text: String,
+}
+
+/// What an answer streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssistantEvent {
+    /// More of the answer's text.
+    Delta(String),
+    /// The user's to-do list changed.
+    Todos(Vec<String>),
+}
+
+/// An answer in progress (polled on the pipeline's worker thread).
+pub type AnswerStream = Pin<Box<dyn Stream<Item = Result<AssistantEvent, String>>>>;
+
 /// An assistant.
 pub trait Assistant: Send + Sync {
-    /// Answers `text`, said by `user`.
-    fn reply(&self, user: &str, text: &str) -> Reply;
+    /// Answers `text`, said by `user`, after the conversation `history`.
+    fn answer(&self, user: &str, history: &[Line], text: &str) -> AnswerStream;
     /// The user's list, when the assistant keeps one.
     fn todos(&self, user: &str) -> Option<Vec<String>>;
 }
@@ -210,7 +243,24 @@ fn say_list(items: &[String]) -> String {
 }
 
 impl Assistant for TodoAssistant {
-    fn reply(&self, user: &str, text: &str) -> Reply {
+    fn answer(&self, user: &str, _history: &[Line], text: &str) -> AnswerStream {
+        let reply = self.reply(user, text);
+        let mut events = vec![Ok(AssistantEvent::Delta(reply.text))];
+        if let Some(items) = reply.todos {
+            events.push(Ok(AssistantEvent::Todos(items)));
+        }
+        Box::pin(futures_util::stream::iter(events))
+    }
+
+    fn todos(&self, user: &str) -> Option<Vec<String>> {
+        let lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        Some(lists.get(user).cloned().unwrap_or_default())
+    }
+}
+
+impl TodoAssistant {
+    /// Answers one command at once.
+    pub fn reply(&self, user: &str, text: &str) -> Reply {
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
         if !lists.contains_key(user) && lists.len() >= self.max_users {
             if let Some(evict) = lists.keys().next().cloned() {
@@ -256,13 +306,6 @@ impl Assistant for TodoAssistant {
         }
     }
 
-    fn todos(&self, user: &str) -> Option<Vec<String>> {
-        let lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        Some(lists.get(user).cloned().unwrap_or_default())
-    }
-}
-
-impl TodoAssistant {
     /// The JSGF grammar of the commands, with items made of `known` words only.
     pub fn grammar(known: &HashSet<String>) -> String {
         let mut items: Vec<&str> = ITEM_WORDS
@@ -292,6 +335,39 @@ impl TodoAssistant {
 
 /// A shared assistant.
 pub type SharedAssistant = Arc<dyn Assistant>;
+
+/// Splits streamed text into sentences as they complete, so speech can start with the first.
+#[derive(Debug, Default)]
+pub struct Sentences {
+    pending: String,
+}
+
+impl Sentences {
+    /// Adds text; returns the sentences it completed.
+    pub fn push(&mut self, text: &str) -> Vec<String> {
+        self.pending.push_str(text);
+        let mut done = Vec::new();
+        loop {
+            let end = self.pending.char_indices().find_map(|(i, c)| {
+                let next = self.pending[i + c.len_utf8()..].chars().next();
+                (matches!(c, '.' | '!' | '?') && next.is_some_and(char::is_whitespace))
+                    .then_some(i + c.len_utf8())
+            });
+            let Some(end) = end else { break };
+            let sentence: String = self.pending.drain(..end).collect();
+            if !sentence.trim().is_empty() {
+                done.push(sentence.trim().to_owned());
+            }
+        }
+        done
+    }
+
+    /// The rest, at the end of the answer.
+    pub fn finish(&mut self) -> Option<String> {
+        let rest = std::mem::take(&mut self.pending);
+        (!rest.trim().is_empty()).then(|| rest.trim().to_owned())
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -330,6 +406,16 @@ mod tests {
             a.reply("u", "hello there").text,
             "I heard: hello there. Try add, remove, read or clear my list."
         );
+    }
+
+    #[test]
+    fn sentences_complete_as_text_streams() {
+        let mut s = Sentences::default();
+        assert!(s.push("Hello the").is_empty());
+        assert_eq!(s.push("re. How are"), vec!["Hello there."]);
+        assert_eq!(s.push(" you? Fine! 3.5 is"), vec!["How are you?", "Fine!"]);
+        assert_eq!(s.finish(), Some("3.5 is".to_owned()));
+        assert_eq!(s.finish(), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod assistant;
 pub mod audio;
+pub mod openai;
 pub mod pipeline;
 pub mod stt;
 pub mod tts;
@@ -470,6 +471,9 @@ fn audio(socket: &Socket, event: Event) {
         *n
     };
     if let Some(ack) = event.ack {
-        let _ = ack.send(json!({ "seq": seq, "bytes": bytes }));
+        let _ = match &pipeline {
+            Some(p) => ack.send(json!({ "seq": seq, "bytes": bytes, "dropped": p.dropped() })),
+            None => ack.send(json!({ "seq": seq, "bytes": bytes })),
+        };
     }
 }

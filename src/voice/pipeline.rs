@@ -20,7 +20,9 @@ use actix::{
 use bytes::Bytes;
 use serde_json::json;
 
-use super::assistant::Assistant;
+use futures_util::StreamExt;
+
+use super::assistant::{Assistant, AssistantEvent, Line, Role, Sentences};
 use super::audio::{AudioFormat, Converter, Frame};
 use super::stt::{SpeechToText, SttEvent, SttStream};
 use super::tts::{Speech, TextToSpeech};
@@ -41,6 +43,13 @@ pub struct Stages {
     pub inbox: usize,
     /// Speech sent ahead of real time, as a jitter buffer for the client. Default 300 ms.
     pub lead: Duration,
+    /// Makes each pipeline's VAD (earshot by default).
+    pub vad: fn() -> Box<dyn Vad>,
+}
+
+/// earshot, boxed: the default for [`Stages::vad`].
+pub fn earshot_vad() -> Box<dyn Vad> {
+    Box::new(Earshot::new())
 }
 
 /// Audio waiting for the actor: bounded, oldest dropped first.
@@ -83,15 +92,16 @@ impl PipelineHandle {
 
     /// Queues a chunk (already validated). Never blocks; under pressure the oldest goes.
     pub fn audio(&self, chunk: Bytes) {
-        {
+        let wake = {
             let mut chunks = self.inbox.chunks.lock().unwrap_or_else(|e| e.into_inner());
             if chunks.len() >= self.inbox.capacity {
                 chunks.pop_front();
                 self.inbox.dropped.fetch_add(1, Ordering::Relaxed);
             }
             chunks.push_back(chunk);
-        }
-        if !self.inbox.scheduled.swap(true, Ordering::AcqRel) {
+            !self.inbox.scheduled.swap(true, Ordering::AcqRel)
+        };
+        if wake {
             self.addr.do_send(Wake);
         }
     }
@@ -158,10 +168,54 @@ struct TurnTimes {
     replied: Option<Instant>,
 }
 
-/// Speech being streamed to the client.
-struct Speaking {
+/// Lines of conversation kept for the assistant.
+const HISTORY: usize = 20;
+
+/// The answer being given: text streaming in, sentences being synthesized one by one, speech
+/// being paced out.
+struct Answer {
+    id: u64,
+    task: Option<actix_rt::task::JoinHandle<()>>,
+    text: String,
+    sentences: Sentences,
+    to_speak: VecDeque<String>,
+    synthesizing: Option<SpawnHandle>,
+    text_done: bool,
+    audio: VecDeque<Bytes>,
     pacing: Option<SpawnHandle>,
-    synthesis: Option<SpawnHandle>,
+    rate: u32,
+    seq: u64,
+    /// Sentences synthesized so far, with their length in ms.
+    spoken: Vec<(String, u64)>,
+}
+
+/// What the user heard of an answer: whole sentences within `played_ms`, and the same share
+/// of the words of the sentence playing when it stopped.
+fn heard(spoken: &[(String, u64)], played_ms: u64) -> String {
+    let mut left = played_ms;
+    let mut heard = Vec::new();
+    for (sentence, ms) in spoken {
+        if left >= *ms {
+            heard.push(sentence.clone());
+            left -= ms;
+        } else {
+            let words: Vec<&str> = sentence.split_whitespace().collect();
+            let n = (words.len() as u64 * left / (*ms).max(1)) as usize;
+            if n > 0 {
+                heard.push(format!("{}…", words[..n].join(" ")));
+            }
+            break;
+        }
+    }
+    heard.join(" ")
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct AnswerEvent {
+    id: u64,
+    /// `None` when the answer's stream ended.
+    event: Option<Result<AssistantEvent, String>>,
 }
 
 /// The pipeline actor.
@@ -177,7 +231,9 @@ pub struct Pipeline {
     stt: Option<Box<dyn SttStream>>,
     turn: u64,
     times: TurnTimes,
-    speaking: Option<Speaking>,
+    answer: Option<Answer>,
+    answers: u64,
+    history: Vec<Line>,
     played_ms: u64,
 }
 
@@ -190,13 +246,15 @@ impl Pipeline {
             user,
             inbox: inbox.clone(),
             converter: Converter::new(AudioFormat::default()),
-            vad: Box::new(Earshot::new()),
+            vad: (stages.vad)(),
             turns: Turns::new(stages.turn),
             frames: Vec::with_capacity(64),
             stt: None,
             turn: 0,
             times: TurnTimes::default(),
-            speaking: None,
+            answer: None,
+            answers: 0,
+            history: Vec::new(),
             played_ms: 0,
             stages,
         };
@@ -230,9 +288,10 @@ impl Pipeline {
 
     fn speech_started(&mut self, ctx: &mut Context<Self>) {
         self.emit("vad.speech_started", json!({}));
-        if self.speaking.is_some() {
-            self.stop_speaking(ctx, "interrupted");
-            self.emit("playback.clear", json!({ "playedMs": self.played_ms }));
+        if self.answer.is_some() {
+            let played = self.played_ms;
+            self.stop_answer(ctx, "interrupted");
+            self.emit("playback.clear", json!({ "playedMs": played }));
         }
         self.turn += 1;
         self.times = TurnTimes {
@@ -261,95 +320,168 @@ impl Pipeline {
         }
     }
 
+    /// Starts answering `text`: the assistant's stream is forwarded to this actor, tagged so
+    /// that a cancelled answer's leftovers are ignored.
     fn respond(&mut self, text: &str, ctx: &mut Context<Self>) {
-        let reply = self.stages.assistant.reply(&self.user, text);
-        self.times.replied = Some(Instant::now());
-        self.emit("assistant.text.delta", json!({ "text": reply.text }));
-        self.emit("assistant.text.done", json!({ "text": reply.text }));
-        if let Some(items) = reply.todos {
-            self.emit("todos", json!({ "items": items }));
-        }
-        self.speak(reply.text, ctx);
-    }
-
-    fn speak(&mut self, text: String, ctx: &mut Context<Self>) {
-        self.stop_speaking(ctx, "replaced");
-        let synthesis = self.stages.tts.synthesize(&text).into_actor(self).map(
-            |result, act, ctx| match result {
-                Ok(speech) => act.stream(speech, ctx),
-                Err(message) => {
-                    act.speaking = None;
-                    act.emit("error", json!({"code": "tts_failed", "message": message}));
-                }
-            },
-        );
-        let handle = ctx.spawn(synthesis);
-        self.speaking = Some(Speaking {
+        self.stop_answer(ctx, "replaced");
+        self.remember(Role::User, text.to_owned());
+        self.answers += 1;
+        let id = self.answers;
+        let mut stream = self
+            .stages
+            .assistant
+            .answer(&self.user, &self.history, text);
+        let addr = ctx.address();
+        let task = actix_rt::spawn(async move {
+            while let Some(event) = stream.next().await {
+                addr.do_send(AnswerEvent {
+                    id,
+                    event: Some(event),
+                });
+            }
+            addr.do_send(AnswerEvent { id, event: None });
+        });
+        self.played_ms = 0;
+        self.answer = Some(Answer {
+            id,
+            task: Some(task),
+            text: String::new(),
+            sentences: Sentences::default(),
+            to_speak: VecDeque::new(),
+            synthesizing: None,
+            text_done: false,
+            audio: VecDeque::new(),
             pacing: None,
-            synthesis: Some(handle),
+            rate: 0,
+            seq: 0,
+            spoken: Vec::new(),
         });
     }
 
-    /// Streams speech in 100 ms chunks, `lead` ahead of real time.
-    fn stream(&mut self, speech: Speech, ctx: &mut Context<Self>) {
-        let rate = speech.sample_rate;
-        let chunk = (rate as usize / 10).max(1);
-        let chunks: Vec<Bytes> = speech
-            .samples
-            .chunks(chunk)
-            .map(|c| Bytes::from(c.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>()))
-            .collect();
-        self.played_ms = 0;
-        self.emit("tts.started", json!({ "sampleRate": rate }));
-        let first = Instant::now();
-        self.metrics(first);
-        let ahead = (self.stages.lead.as_millis() / 100) as usize + 1;
-        let mut queue: VecDeque<Bytes> = chunks.into();
-        let mut seq = 0u64;
-        let mut send = move |act: &mut Pipeline, n: usize| -> bool {
-            for _ in 0..n {
-                let Some(data) = queue.pop_front() else {
-                    return false;
-                };
-                seq += 1;
-                let payload = Payload::new()
-                    .arg(json!({ "seq": seq, "sampleRate": rate }))
-                    .bin(data);
-                let _ = act.socket.emit("tts.audio", payload);
-            }
-            !queue.is_empty()
+    /// Synthesizes the next sentence, one at a time, in order.
+    fn pump_speech(&mut self, ctx: &mut Context<Self>) {
+        let Some(answer) = &mut self.answer else {
+            return;
         };
-        if !send(self, ahead) {
-            self.finish_speaking(ctx);
+        if answer.synthesizing.is_some() {
             return;
         }
-        let pacing = ctx.run_interval(Duration::from_millis(100), move |act, ctx| {
-            if !send(act, 1) {
-                act.finish_speaking(ctx);
+        let Some(sentence) = answer.to_speak.pop_front() else {
+            return self.maybe_finish(ctx);
+        };
+        let id = answer.id;
+        let synthesis = self
+            .stages
+            .tts
+            .synthesize(&sentence)
+            .into_actor(self)
+            .map(move |result, act, ctx| act.synthesized(id, sentence, result, ctx));
+        let handle = ctx.spawn(synthesis);
+        if let Some(answer) = &mut self.answer {
+            answer.synthesizing = Some(handle);
+        }
+    }
+
+    fn synthesized(
+        &mut self,
+        id: u64,
+        sentence: String,
+        result: Result<Speech, String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(answer) = self.answer.as_mut().filter(|a| a.id == id) else {
+            return;
+        };
+        answer.synthesizing = None;
+        match result {
+            Ok(speech) => {
+                let rate = speech.sample_rate.max(1);
+                let chunk = (rate as usize / 10).max(1);
+                answer.rate = rate;
+                answer.spoken.push((
+                    sentence,
+                    speech.samples.len() as u64 * 1000 / u64::from(rate),
+                ));
+                answer.audio.extend(speech.samples.chunks(chunk).map(|c| {
+                    Bytes::from(c.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>())
+                }));
+                if answer.pacing.is_none() {
+                    self.emit("tts.started", json!({ "sampleRate": rate }));
+                    self.metrics(Instant::now());
+                    let ahead = (self.stages.lead.as_millis() / 100) as usize + 1;
+                    self.send_audio(ahead);
+                    let pacing = ctx.run_interval(Duration::from_millis(100), |act, ctx| {
+                        act.send_audio(1);
+                        act.maybe_finish(ctx);
+                    });
+                    if let Some(answer) = &mut self.answer {
+                        answer.pacing = Some(pacing);
+                    }
+                }
             }
+            Err(message) => self.emit("error", json!({"code": "tts_failed", "message": message})),
+        }
+        self.pump_speech(ctx);
+    }
+
+    fn send_audio(&mut self, n: usize) {
+        let Some(answer) = &mut self.answer else {
+            return;
+        };
+        for _ in 0..n {
+            let Some(data) = answer.audio.pop_front() else {
+                return;
+            };
+            answer.seq += 1;
+            let meta = json!({ "seq": answer.seq, "sampleRate": answer.rate });
+            let _ = self
+                .socket
+                .emit("tts.audio", Payload::new().arg(meta).bin(data));
+        }
+    }
+
+    /// Ends the answer once its text is complete and all its speech has been sent.
+    fn maybe_finish(&mut self, ctx: &mut Context<Self>) {
+        let finished = self.answer.as_ref().is_some_and(|a| {
+            a.text_done && a.to_speak.is_empty() && a.synthesizing.is_none() && a.audio.is_empty()
         });
-        if let Some(speaking) = &mut self.speaking {
-            speaking.pacing = Some(pacing);
-            speaking.synthesis = None;
+        if !finished {
+            return;
         }
-    }
-
-    fn finish_speaking(&mut self, ctx: &mut Context<Self>) {
-        if let Some(speaking) = self.speaking.take() {
-            if let Some(pacing) = speaking.pacing {
+        if let Some(answer) = self.answer.take() {
+            if let Some(pacing) = answer.pacing {
                 ctx.cancel_future(pacing);
+                self.emit("tts.stopped", json!({ "reason": "done" }));
             }
-            self.emit("tts.stopped", json!({ "reason": "done" }));
+            self.remember(Role::Assistant, answer.text);
         }
     }
 
-    fn stop_speaking(&mut self, ctx: &mut Context<Self>, reason: &str) {
-        if let Some(speaking) = self.speaking.take() {
-            for handle in [speaking.pacing, speaking.synthesis].into_iter().flatten() {
-                ctx.cancel_future(handle);
-            }
+    /// Cancels the answer in progress; the history keeps only what the client played of it.
+    fn stop_answer(&mut self, ctx: &mut Context<Self>, reason: &str) {
+        let Some(answer) = self.answer.take() else {
+            return;
+        };
+        if let Some(task) = answer.task {
+            task.abort();
+        }
+        for handle in [answer.pacing, answer.synthesizing].into_iter().flatten() {
+            ctx.cancel_future(handle);
+        }
+        if answer.pacing.is_some() {
             self.emit("tts.stopped", json!({ "reason": reason }));
         }
+        let heard = heard(&answer.spoken, self.played_ms);
+        if !heard.is_empty() {
+            self.remember(Role::Assistant, heard);
+        }
+    }
+
+    fn remember(&mut self, role: Role, text: String) {
+        if self.history.len() >= HISTORY {
+            self.history.remove(0);
+        }
+        self.history.push(Line { role, text });
     }
 
     fn metrics(&self, first_audio: Instant) {
@@ -376,27 +508,44 @@ impl Actor for Pipeline {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        // Dropping the stream gives its decoder back; dropping the synthesis future kills the
-        // speech process (kill_on_drop).
+        // Cancelling the stream gives its decoder back; the synthesis future is dropped with
+        // the actor's context, which kills the speech process (kill_on_drop).
         if let Some(stt) = self.stt.take() {
             stt.cancel();
         }
+        if let Some(task) = self.answer.take().and_then(|a| a.task) {
+            task.abort();
+        }
     }
 }
+
+/// Chunks handled per wake-up before yielding, so the connection sharing this thread keeps
+/// reading (and the inbox, not the socket, absorbs a pipeline that falls behind).
+const CHUNKS_PER_WAKE: usize = 8;
 
 impl Handler<Wake> for Pipeline {
     type Result = ();
 
     fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
-        self.inbox.scheduled.store(false, Ordering::Release);
-        loop {
-            let chunk = self
-                .inbox
-                .chunks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front();
-            let Some(chunk) = chunk else { break };
+        self.drain(ctx);
+    }
+}
+
+impl Pipeline {
+    /// Handles up to [`CHUNKS_PER_WAKE`] chunks, then yields to the thread's other tasks (a
+    /// timer, not a notification: those run before anything else gets a turn).
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        for _ in 0..CHUNKS_PER_WAKE {
+            let chunk = {
+                let mut chunks = self.inbox.chunks.lock().unwrap_or_else(|e| e.into_inner());
+                let chunk = chunks.pop_front();
+                if chunk.is_none() {
+                    // Cleared under the lock: a push after this sees it clear and wakes us.
+                    self.inbox.scheduled.store(false, Ordering::Release);
+                }
+                chunk
+            };
+            let Some(chunk) = chunk else { return };
             let mut frames = std::mem::take(&mut self.frames);
             self.converter.push(&chunk, |f| frames.push(*f));
             for frame in &frames {
@@ -405,6 +554,7 @@ impl Handler<Wake> for Pipeline {
             frames.clear();
             self.frames = frames;
         }
+        ctx.run_later(Duration::ZERO, |act, ctx| act.drain(ctx));
     }
 }
 
@@ -432,6 +582,51 @@ impl Handler<Control> for Pipeline {
                 self.respond(&text, ctx);
             }
             Control::Shutdown => ctx.stop(),
+        }
+    }
+}
+
+impl Handler<AnswerEvent> for Pipeline {
+    type Result = ();
+
+    fn handle(&mut self, msg: AnswerEvent, ctx: &mut Context<Self>) {
+        let Some(answer) = self.answer.as_mut().filter(|a| a.id == msg.id) else {
+            return;
+        };
+        match msg.event {
+            Some(Ok(AssistantEvent::Delta(delta))) => {
+                if answer.text.is_empty() {
+                    self.times.replied = Some(Instant::now());
+                }
+                answer.text.push_str(&delta);
+                let sentences = answer.sentences.push(&delta);
+                answer.to_speak.extend(sentences);
+                self.emit("assistant.text.delta", json!({ "text": delta }));
+                self.pump_speech(ctx);
+            }
+            Some(Ok(AssistantEvent::Todos(items))) => self.emit("todos", json!({ "items": items })),
+            Some(Err(message)) => {
+                answer.task = None;
+                answer.text_done = true;
+                if let Some(rest) = answer.sentences.finish() {
+                    answer.to_speak.push_back(rest);
+                }
+                self.emit(
+                    "error",
+                    json!({"code": "assistant_failed", "message": message}),
+                );
+                self.pump_speech(ctx);
+            }
+            None => {
+                answer.task = None;
+                answer.text_done = true;
+                if let Some(rest) = answer.sentences.finish() {
+                    answer.to_speak.push_back(rest);
+                }
+                let text = answer.text.clone();
+                self.emit("assistant.text.done", json!({ "text": text }));
+                self.pump_speech(ctx);
+            }
         }
     }
 }

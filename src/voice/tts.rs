@@ -16,13 +16,13 @@ pub struct Speech {
     pub samples: Vec<i16>,
 }
 
+/// Speech being synthesized (polled on the pipeline's worker thread).
+pub type Synthesis = Pin<Box<dyn Future<Output = Result<Speech, String>>>>;
+
 /// A speech engine.
 pub trait TextToSpeech: Send + Sync {
     /// Speaks `text`.
-    fn synthesize(
-        &self,
-        text: &str,
-    ) -> Pin<Box<dyn Future<Output = Result<Speech, String>> + Send>>;
+    fn synthesize(&self, text: &str) -> Synthesis;
 }
 
 /// Which program speaks.
@@ -78,10 +78,7 @@ impl ProcessTts {
 }
 
 impl TextToSpeech for ProcessTts {
-    fn synthesize(
-        &self,
-        text: &str,
-    ) -> Pin<Box<dyn Future<Output = Result<Speech, String>> + Send>> {
+    fn synthesize(&self, text: &str) -> Synthesis {
         let text: String = text.chars().take(MAX_TEXT).collect();
         let mut command = self.command(&text);
         let timeout = self.timeout;

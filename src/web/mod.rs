@@ -199,30 +199,71 @@ impl Voxio {
     }
 }
 
-/// The voice pipeline's stages from the settings: warms the speech-to-text decoders.
+/// The voice pipeline's stages from the settings (warms the speech-to-text decoders).
 fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
-    use voice::assistant::TodoAssistant;
-    use voice::stt::{SphinxModel, SphinxPool};
-    use voice::tts::{ProcessTts, Program};
-    let model = SphinxModel::in_dir(&args.stt_model_dir);
-    model.check().map_err(|e| anyhow::anyhow!(e))?;
-    let grammar = TodoAssistant::grammar(&model.words());
-    let started = std::time::Instant::now();
-    let pool =
-        SphinxPool::start(&model, &grammar, args.stt_threads).map_err(|e| anyhow::anyhow!(e))?;
-    tracing::info!(
-        decoders = pool.size(),
-        ms = started.elapsed().as_millis() as u64,
-        "speech-to-text ready"
-    );
-    let program = match args.tts.as_str() {
-        "flite" => Program::Flite(args.tts_voice.clone()),
-        "espeak-ng" => Program::EspeakNg(if args.tts_voice == "slt" {
+    use voice::assistant::{Assistant, TodoAssistant};
+    use voice::openai::{OpenAi, RemoteAssistant, RemoteStt, RemoteTts};
+    use voice::stt::{SpeechToText, SphinxModel, SphinxPool};
+    use voice::tts::{ProcessTts, Program, TextToSpeech};
+    let api = OpenAi {
+        base_url: args.openai_base_url.clone(),
+        api_key: args
+            .openai_api_key
+            .as_ref()
+            .map(|k| k.0.clone())
+            .unwrap_or_default(),
+        timeout: Duration::from_millis(args.openai_timeout_ms),
+    };
+    let stt: Arc<dyn SpeechToText> = match args.stt.as_str() {
+        "builtin" => {
+            let model = SphinxModel::in_dir(&args.stt_model_dir);
+            model.check().map_err(|e| anyhow::anyhow!(e))?;
+            let grammar = TodoAssistant::grammar(&model.words());
+            let started = std::time::Instant::now();
+            let pool = SphinxPool::start(&model, &grammar, args.stt_threads)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            tracing::info!(
+                decoders = pool.size(),
+                ms = started.elapsed().as_millis() as u64,
+                "speech-to-text ready"
+            );
+            Arc::new(pool)
+        }
+        "openai" => Arc::new(RemoteStt {
+            api: api.clone(),
+            model: args.openai_stt_model.clone(),
+        }),
+        other => anyhow::bail!("VOXIO_STT must be builtin or openai, not {other:?}"),
+    };
+    let assistant: Arc<dyn Assistant> = match args.assistant.as_str() {
+        "builtin" => Arc::new(TodoAssistant::default()),
+        "openai" => Arc::new(RemoteAssistant {
+            api: api.clone(),
+            model: args.openai_chat_model.clone(),
+            system: "You are a helpful voice assistant. Answer briefly, in plain spoken sentences."
+                .into(),
+        }),
+        other => anyhow::bail!("VOXIO_ASSISTANT must be builtin or openai, not {other:?}"),
+    };
+    let process = |program| -> Arc<dyn TextToSpeech> {
+        Arc::new(ProcessTts {
+            program,
+            timeout: Duration::from_secs(10),
+        })
+    };
+    let tts = match args.tts.as_str() {
+        "flite" => process(Program::Flite(args.tts_voice.clone())),
+        "espeak-ng" => process(Program::EspeakNg(if args.tts_voice == "slt" {
             "en-us".into()
         } else {
             args.tts_voice.clone()
+        })),
+        "openai" => Arc::new(RemoteTts {
+            api,
+            model: args.openai_tts_model.clone(),
+            voice: args.openai_tts_voice.clone(),
         }),
-        other => anyhow::bail!("VOXIO_TTS must be flite or espeak-ng, not {other:?}"),
+        other => anyhow::bail!("VOXIO_TTS must be flite, espeak-ng or openai, not {other:?}"),
     };
     Ok(voice::pipeline::Stages {
         turn: voice::turn::TurnConfig {
@@ -230,14 +271,12 @@ fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
             hangover: Duration::from_millis(args.turn_hangover_ms),
             ..voice::turn::TurnConfig::default()
         },
-        stt: Arc::new(pool),
-        assistant: Arc::new(TodoAssistant::default()),
-        tts: Arc::new(ProcessTts {
-            program,
-            timeout: Duration::from_secs(10),
-        }),
+        stt,
+        assistant,
+        tts,
         inbox: args.audio_queue,
         lead: Duration::from_millis(300),
+        vad: voice::pipeline::earshot_vad,
     })
 }
 

@@ -11,8 +11,11 @@ use std::time::Duration;
 use actix_web::{App, HttpServer};
 use awc::ws;
 use bytes::Bytes;
+use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
+use voxio::config::Cli;
 use voxio::engineio::{Engine, EngineConfig, EngineHandler};
+use voxio::web::Voxio;
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -39,7 +42,7 @@ impl TestServer {
         TestServer::serve(endpoints.socketio, "/socket.io/")
     }
 
-    fn serve(engine: Engine, path: &'static str) -> TestServer {
+    pub fn serve(engine: Engine, path: &'static str) -> TestServer {
         let served = engine.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -249,6 +252,71 @@ pub async fn raw_response(stream: &mut tokio::net::TcpStream, within: Duration) 
         }
         if read == 0 {
             panic!("connection closed before a response: {text:?}");
+        }
+    }
+}
+
+/// The full voxio app, in its own actix system.
+pub struct AppServer {
+    pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AppServer {
+    /// The app with the pipeline off (`--pipeline none`) and these extra arguments.
+    pub fn start(extra: &[&str]) -> AppServer {
+        let mut args = vec!["--pipeline", "none"];
+        args.extend_from_slice(extra);
+        AppServer::with_args(&args)
+    }
+
+    /// The app with PIN 2468 and exactly these extra arguments.
+    pub fn with_args(extra: &[&str]) -> AppServer {
+        let mut argv = vec!["voxio", "--pin", "2468", "--static-dir", "static"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).expect("arguments");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let voxio = Voxio::build(&cli.server).await.expect("build").voxio;
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .wrap(voxio.sessions())
+                        .configure(voxio.configure())
+                })
+                .workers(2)
+                .disable_signals()
+                .shutdown_timeout(1)
+                .bind("127.0.0.1:0")
+                .expect("bind");
+                let addr = server.addrs()[0];
+                let server = server.run();
+                tx.send((addr, server.handle())).unwrap();
+                let _ = server.await;
+            })
+        });
+        let (addr, handle) = rx.recv().expect("server started");
+        AppServer {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for AppServer {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        std::thread::spawn(move || actix_rt::System::new().block_on(handle.stop(false)))
+            .join()
+            .ok();
+        if let Some(thread) = self.thread.take() {
+            thread.join().ok();
         }
     }
 }
