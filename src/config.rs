@@ -24,6 +24,16 @@ pub struct Cli {
 /// voxio's commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Measures the voice pipeline on real speech: starts a server, streams spoken commands at
+    /// real-time pace, prints the latency percentiles and the CPU cost per audio second.
+    BenchVoice {
+        /// Turns to measure.
+        #[arg(long, default_value_t = 20)]
+        turns: usize,
+        /// Port for the server it starts (on 127.0.0.1).
+        #[arg(long, default_value_t = 18_080)]
+        port: u16,
+    },
     /// Serves the protocol test endpoints for external conformance suites: `/engine.io/` echoes
     /// every message back; pingInterval 300 ms, pingTimeout 200 ms, any Origin.
     ProtocolTest {

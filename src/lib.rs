@@ -5,6 +5,7 @@
 //! application in [`web`]; [`config`] holds every setting; [`protocol_test`] serves the
 //! endpoints external conformance suites drive.
 
+pub mod bench_voice;
 pub mod config;
 pub mod engineio;
 pub mod protocol_test;

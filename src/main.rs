@@ -16,6 +16,7 @@ async fn main() -> std::io::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::BenchVoice { turns, port }) => voxio::bench_voice::run(turns, port).await,
         Some(Command::ProtocolTest { port }) => {
             let endpoints = std::sync::Arc::new(protocol_test::ProtocolTest::new());
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
