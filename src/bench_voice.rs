@@ -130,7 +130,7 @@ pub async fn run(turns: usize, port: u16) -> std::io::Result<()> {
         loop {
             // Send what is due, then read what has come.
             let due = (start.elapsed().as_millis() / 20) as usize + 1;
-            while let Some((n, chunk)) = chunks.next() {
+            for (n, chunk) in chunks.by_ref() {
                 conn.send(send(
                     r#"451-/voice,["audio",{"_placeholder":true,"num":0}]"#.into(),
                 ))
