@@ -35,7 +35,8 @@ pub enum Command {
         port: u16,
     },
     /// Serves the protocol test endpoints for external conformance suites: `/engine.io/` echoes
-    /// every message back; pingInterval 300 ms, pingTimeout 200 ms, any Origin.
+    /// every message back, `/socket.io/` serves namespaces `/` and `/custom`; pingInterval
+    /// 300 ms, pingTimeout 200 ms, any Origin.
     ProtocolTest {
         /// Port to listen on (on 127.0.0.1).
         #[arg(long, default_value_t = 3000)]
