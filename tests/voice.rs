@@ -417,3 +417,38 @@ async fn a_disconnect_mid_utterance_returns_the_decoder() {
         "{events:?}"
     );
 }
+
+/// Speech processes started by this test process that are still running.
+fn flite_children() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            let comm = stat.split('(').nth(1).and_then(|r| r.split(')').next()).unwrap_or("");
+            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).unwrap_or("");
+            comm == "flite" && ppid == me
+        })
+        .count()
+}
+
+#[actix_rt::test]
+async fn a_disconnect_while_speaking_leaves_no_speech_process() {
+    let app = AppServer::with_args(&["--stt-threads", "1"]);
+    let mut conn = voice_connect(app.addr).await;
+    // The built-in assistant repeats what it did not understand: a long answer to speak.
+    let long = "tell me about the weather in all the cities of the world ".repeat(30);
+    ws_send(&mut conn, &format!(r#"42/voice,["text",{{"text":"{}"}}]"#, long.trim())).await;
+    until(&mut conn, "assistant.text.done", Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while flite_children() == 0 && Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(flite_children() > 0, "the answer is being synthesized");
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while flite_children() > 0 {
+        assert!(Instant::now() < deadline, "a speech process outlived its socket");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -122,8 +122,6 @@ pub const ITEM_WORDS: &[&str] = &[
     "call",
     "mom",
     "dad",
-    "email",
-    "new",
     "dog",
     "cat",
     "food",
@@ -135,8 +133,6 @@ pub const ITEM_WORDS: &[&str] = &[
     "tickets",
     "car",
     "wash",
-    "pay",
-    "rent",
     "bills",
     "clean",
     "kitchen",
@@ -147,7 +143,6 @@ pub const ITEM_WORDS: &[&str] = &[
     "dentist",
     "meeting",
     "plan",
-    "trip",
     "plants",
     "letter",
     "package",
@@ -318,8 +313,8 @@ impl TodoAssistant {
              public <command> = <add> | <remove> | <list> | <clear>;\n\
              <item> = <word> [<word>] [<word>];\n\
              <word> = {item_words};\n\
-             <add> = (add | put) <item> [(to | on) [my] list];\n\
-             <remove> = (remove | delete) <item> [from [my] list];\n\
+             <add> = add <item> [to [my] list];\n\
+             <remove> = remove <item> [from [my] list];\n\
              <list> = what is on my list | read my list;\n\
              <clear> = clear [my] list;\n"
         )
