@@ -149,6 +149,15 @@ pub struct ServerArgs {
     /// Silence, in milliseconds, that ends a turn (at most 3000).
     #[arg(long, env = "VOXIO_TURN_HANGOVER_MS", default_value_t = 600)]
     pub turn_hangover_ms: u64,
+    /// Voiced milliseconds in a row that confirm speech.
+    #[arg(long, env = "VOXIO_TURN_CONFIRM_MS", default_value_t = 200)]
+    pub turn_confirm_ms: u64,
+    /// Milliseconds of audio kept from before speech was confirmed.
+    #[arg(long, env = "VOXIO_TURN_PREROLL_MS", default_value_t = 300)]
+    pub turn_preroll_ms: u64,
+    /// Longest turn, in milliseconds.
+    #[arg(long, env = "VOXIO_TURN_MAX_MS", default_value_t = 15_000)]
+    pub turn_max_ms: u64,
     /// Audio chunks a pipeline queues before dropping the oldest.
     #[arg(long, env = "VOXIO_AUDIO_QUEUE", default_value_t = 256)]
     pub audio_queue: usize,
@@ -248,6 +257,21 @@ mod tests {
         assert_eq!(ours.max_sessions, theirs.max_sessions);
         assert_eq!(ours.outbound_queue, theirs.outbound_queue);
         assert_eq!(ours.max_fragments, theirs.max_fragments);
+    }
+
+    #[test]
+    fn turn_defaults_match_the_library() {
+        let cli = Cli::try_parse_from(["voxio"]).unwrap();
+        let ours = &cli.server;
+        let theirs = crate::voice::turn::TurnConfig::default();
+        assert_eq!(Duration::from_millis(ours.turn_confirm_ms), theirs.confirm);
+        assert_eq!(Duration::from_millis(ours.turn_preroll_ms), theirs.preroll);
+        assert_eq!(
+            Duration::from_millis(ours.turn_hangover_ms),
+            theirs.hangover
+        );
+        assert_eq!(Duration::from_millis(ours.turn_max_ms), theirs.max_turn);
+        assert_eq!(ours.vad_threshold, theirs.threshold);
     }
 
     #[test]

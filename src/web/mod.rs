@@ -268,8 +268,10 @@ fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
     Ok(voice::pipeline::Stages {
         turn: voice::turn::TurnConfig {
             threshold: args.vad_threshold,
+            confirm: Duration::from_millis(args.turn_confirm_ms),
+            preroll: Duration::from_millis(args.turn_preroll_ms),
             hangover: Duration::from_millis(args.turn_hangover_ms),
-            ..voice::turn::TurnConfig::default()
+            max_turn: Duration::from_millis(args.turn_max_ms),
         },
         stt,
         assistant,
