@@ -47,6 +47,12 @@ deps_build() {
   apt_install "${BUILD_PACKAGES[@]}" "${RUN_PACKAGES[@]}"
 }
 
+# What the page needs at run time: the official Socket.IO client bundle, from npm.
+deps_run() {
+  apt_install nodejs npm
+  npm_install "$VOXIO_ROOT/client"
+}
+
 # npm packages of a folder with a package-lock.json, installed only when the lock changed.
 npm_install() {
   local dir="$1"
@@ -58,6 +64,7 @@ npm_install() {
 
 deps_test() {
   deps_build
+  deps_run
   apt_install "${TEST_PACKAGES[@]}"
   npm_install "$VOXIO_ROOT/tests/interop"
 }

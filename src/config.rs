@@ -56,6 +56,14 @@ pub struct ServerArgs {
     /// Directory of the browser page's files.
     #[arg(long, env = "VOXIO_STATIC_DIR", default_value = "static")]
     pub static_dir: PathBuf,
+    /// The official Socket.IO client bundle, served at `/socket.io/socket.io.js` (installed
+    /// from npm by the project's setup, never committed).
+    #[arg(
+        long,
+        env = "VOXIO_CLIENT_JS",
+        default_value = "client/node_modules/socket.io-client/dist/socket.io.min.js"
+    )]
+    pub client_js: PathBuf,
     /// Redis URL (`redis://host:port/db`) for sessions and PIN attempt limits shared by every
     /// node; unset: in-process stores.
     #[arg(long, env = "VOXIO_REDIS_URL")]

@@ -542,3 +542,28 @@ fn the_pin_never_reaches_the_log() {
     assert!(!log.contains("975310"), "the PIN is in the log");
     assert!(!log.contains("864209"), "a PIN attempt is in the log");
 }
+
+#[actix_rt::test]
+async fn the_official_client_bundle_is_served_from_the_npm_package() {
+    let app = AppServer::start(&[]);
+    let mut res = client()
+        .get(app.url("/socket.io/socket.io.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status().as_u16(),
+        200,
+        "run scripts/test (npm ci in client/) first"
+    );
+    assert!(res.headers().get("set-cookie").is_none());
+    let body = res.body().limit(1_000_000).await.unwrap();
+    assert!(std::str::from_utf8(&body).unwrap().contains("Socket.IO"));
+    let missing = AppServer::start(&["--client-js", "/nonexistent/socket.io.js"]);
+    let res = client()
+        .get(missing.url("/socket.io/socket.io.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+}

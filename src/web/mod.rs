@@ -46,6 +46,7 @@ pub struct Voxio {
     /// PIN, limits and tokens.
     pub auth: Arc<VoiceAuth>,
     static_dir: PathBuf,
+    client_js: PathBuf,
     origins: OriginPolicy,
     cookie_key: Key,
     cookie_secure: bool,
@@ -149,6 +150,7 @@ impl Voxio {
                 io,
                 auth,
                 static_dir: args.static_dir.clone(),
+                client_js: args.client_js.clone(),
                 origins,
                 cookie_key: Key::derive_from(&secret),
                 cookie_secure: args.cookie_secure,
@@ -189,6 +191,7 @@ impl Voxio {
     pub fn configure(&self) -> impl FnOnce(&mut ServiceConfig) + '_ {
         move |cfg| {
             cfg.app_data(web::Data::new(self.clone()))
+                .route("/socket.io/socket.io.js", web::get().to(client_js))
                 .service(self.engine.resource(SOCKET_PATH))
                 .route("/healthz", web::get().to(healthz))
                 .route("/login", web::post().to(login))
@@ -280,6 +283,24 @@ fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
         lead: Duration::from_millis(300),
         vad: voice::pipeline::earshot_vad,
     })
+}
+
+/// The official Socket.IO client bundle, from the npm package the setup installed.
+async fn client_js(req: HttpRequest, app: web::Data<Voxio>) -> HttpResponse {
+    match actix_files::NamedFile::open_async(&app.client_js).await {
+        Ok(file) => file
+            .set_content_type(
+                "text/javascript; charset=utf-8"
+                    .parse()
+                    .expect("a valid MIME type"),
+            )
+            .into_response(&req),
+        Err(_) => error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "client_missing",
+            "The Socket.IO client bundle is not installed: run scripts/serve (npm ci in client/).",
+        ),
+    }
 }
 
 async fn healthz() -> HttpResponse {
