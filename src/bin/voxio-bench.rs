@@ -81,7 +81,12 @@ fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -99,11 +104,17 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// A polling handshake on a raw HTTP/1.1 connection; returns the sid.
 async fn polling_sid(addr: &str) -> Result<String, String> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let request = format!("GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    tcp.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut answer = Vec::new();
-    tcp.read_to_end(&mut answer).await.map_err(|e| e.to_string())?;
+    tcp.read_to_end(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&answer);
     let start = text.find("\"sid\":\"").ok_or("no sid in the handshake")? + 7;
     let end = text[start..].find('"').ok_or("no sid in the handshake")?;
@@ -115,23 +126,40 @@ async fn connect(common: &Common) -> Result<Ws, String> {
     let addr = &common.addr;
     let (url, sid) = if common.transport == "upgrade" {
         let sid = polling_sid(addr).await?;
-        (format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}"), Some(sid))
+        (
+            format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}"),
+            Some(sid),
+        )
     } else {
-        (format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"), None)
+        (
+            format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"),
+            None,
+        )
     };
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.map_err(|e| e.to_string())?;
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
     if sid.is_some() {
-        ws.send(Message::text("2probe")).await.map_err(|e| e.to_string())?;
+        ws.send(Message::text("2probe"))
+            .await
+            .map_err(|e| e.to_string())?;
         expect(&mut ws, |t| t == "3probe").await?;
-        ws.send(Message::text("5")).await.map_err(|e| e.to_string())?;
+        ws.send(Message::text("5"))
+            .await
+            .map_err(|e| e.to_string())?;
     } else {
         expect(&mut ws, |t| t.starts_with('0')).await?;
     }
-    ws.send(Message::text(format!(r#"40/voice,{{"pin":"{}"}}"#, common.pin)))
-        .await
-        .map_err(|e| e.to_string())?;
+    ws.send(Message::text(format!(
+        r#"40/voice,{{"pin":"{}"}}"#,
+        common.pin
+    )))
+    .await
+    .map_err(|e| e.to_string())?;
     expect(&mut ws, |t| t.starts_with("40/voice,")).await?;
     Ok(ws)
 }
@@ -139,14 +167,18 @@ async fn connect(common: &Common) -> Result<Ws, String> {
 async fn expect(ws: &mut Ws, want: impl Fn(&str) -> bool) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let next = tokio::time::timeout_at(deadline, ws.next()).await.map_err(|_| "timed out".to_owned())?;
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| "timed out".to_owned())?;
         match next {
             Some(Ok(Message::Text(t))) => {
                 if t.as_str().starts_with("44/voice") {
                     return Err(format!("refused: {t}"));
                 }
                 if t.as_str() == "2" {
-                    ws.send(Message::text("3")).await.map_err(|e| e.to_string())?;
+                    ws.send(Message::text("3"))
+                        .await
+                        .map_err(|e| e.to_string())?;
                 } else if want(t.as_str()) {
                     return Ok(());
                 }
@@ -168,7 +200,13 @@ struct ClientResult {
     disconnected: bool,
 }
 
-async fn stream_client(mut ws: Ws, rate: u32, chunk: Bytes, until: Instant, start_at: Instant) -> ClientResult {
+async fn stream_client(
+    mut ws: Ws,
+    rate: u32,
+    chunk: Bytes,
+    until: Instant,
+    start_at: Instant,
+) -> ClientResult {
     let mut result = ClientResult::default();
     let ring = 4096usize;
     let mut sent_at = vec![Instant::now(); ring];

@@ -127,6 +127,11 @@ impl Extensions {
             .cloned()
     }
 
+    /// Whether a value of type `T` is stored (no copy made).
+    pub fn contains<T: Any + Send + Sync>(&self) -> bool {
+        self.lock().contains_key(&TypeId::of::<T>())
+    }
+
     /// Removes and returns the value of type `T`.
     pub fn remove<T: Any + Send + Sync>(&self) -> Option<T> {
         self.lock()

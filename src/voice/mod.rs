@@ -212,7 +212,7 @@ impl VoiceAuth {
 }
 
 fn authenticated(socket: &Socket) -> bool {
-    socket.extensions().get::<Authenticated>().is_some()
+    socket.extensions().contains::<Authenticated>()
 }
 
 /// Answers an event that is not allowed now with `error {code, message}` (and the ack, if
