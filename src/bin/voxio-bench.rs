@@ -41,6 +41,22 @@ enum Mode {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Reads the JSON results in a directory and prints the Markdown tables; writes a PNG
+    /// plot of ack latency and server CPU per 1,000 acks, by server and client count.
+    Report {
+        /// Directory of `*.json` results (from `--json`).
+        #[arg(long, default_value = "bench/results")]
+        dir: std::path::PathBuf,
+        /// Where to write the plot.
+        #[arg(long, default_value = "bench/results/latest.png")]
+        png: std::path::PathBuf,
+        /// A TrueType font for the plot's labels.
+        #[arg(
+            long,
+            default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+        )]
+        font: std::path::PathBuf,
+    },
     /// Idle connections.
     Idle {
         #[command(flatten)]
@@ -74,6 +90,10 @@ struct Common {
     /// A label for the result (the server's name).
     #[arg(long, default_value = "server")]
     label: String,
+    /// Seconds to spend connecting at most (a server that cannot take the clients is not
+    /// waited on forever).
+    #[arg(long, default_value_t = 60)]
+    connect_budget_s: u64,
 }
 
 /// CPU seconds (utime + stime) of a process.
@@ -264,7 +284,7 @@ async fn stream_client(
     result
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize)]
 struct StreamReport {
     label: String,
     transport: String,
@@ -285,7 +305,7 @@ struct StreamReport {
     loadgen_cpu_s: f64,
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize, serde::Deserialize, Default)]
 struct Percentiles {
     p50: f64,
     p95: f64,
@@ -314,7 +334,16 @@ async fn connect_all(common: &Common) -> (Vec<Ws>, Vec<f64>, usize) {
     let mut times = Vec::with_capacity(common.clients);
     let mut errors = 0;
     // Connect in waves of 50 so the server sees a burst, not a stampede of SYNs.
+    let budget = Instant::now() + Duration::from_secs(common.connect_budget_s);
     for wave in 0..common.clients.div_ceil(50) {
+        if Instant::now() > budget {
+            errors += common.clients - wave * 50;
+            eprintln!(
+                "connect budget spent: {} clients not attempted",
+                common.clients - wave * 50
+            );
+            break;
+        }
         let n = 50.min(common.clients - wave * 50);
         let attempts = (0..n).map(|_| async {
             let started = Instant::now();
@@ -354,8 +383,204 @@ fn write_json(path: &Option<std::path::PathBuf>, value: &impl Serialize) {
     }
 }
 
+/// Prints the tables and draws the plot from the results in `dir`.
+fn report(
+    dir: &std::path::Path,
+    png: &std::path::Path,
+    font: &std::path::Path,
+) -> Result<(), String> {
+    let mut streams: Vec<StreamReport> = Vec::new();
+    let mut idles: Vec<serde_json::Value> = Vec::new();
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        if let Ok(stream) = serde_json::from_str::<StreamReport>(&text) {
+            streams.push(stream);
+        } else if let Ok(idle) = serde_json::from_str::<serde_json::Value>(&text) {
+            if idle.get("rss_kib_per_connection").is_some() {
+                idles.push(idle);
+            }
+        }
+    }
+    let opt = |v: Option<f64>, digits: usize| {
+        v.map(|v| format!("{v:.digits$}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!("| server | transport | clients | acks/s (offered) | ack ms p50 / p95 / p99 / p99.9 / max | server CPU ms per 1,000 acks | server RSS MiB | errors | disconnects | out of order | load generator CPU s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &streams {
+        let a = &r.ack_ms;
+        println!(
+            "| {} | {} | {} | {:.0} ({:.0}) | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} | {} | {} | {} | {} | {} | {:.1} |",
+            r.label, r.transport, r.clients, r.acked_per_s, r.offered_per_s, a.p50, a.p95, a.p99, a.p999, a.max,
+            opt(r.server_cpu_ms_per_1000, 1), opt(r.server_rss_mib, 1), r.errors, r.disconnects, r.out_of_order, r.loadgen_cpu_s
+        );
+    }
+    println!();
+    println!("| server | idle connections | errors | RSS per connection KiB |");
+    println!("|---|---|---|---|");
+    for i in &idles {
+        println!(
+            "| {} | {} | {} | {} |",
+            i["label"].as_str().unwrap_or("?"),
+            i["connections"],
+            i["errors"],
+            opt(i["rss_kib_per_connection"].as_f64(), 1)
+        );
+    }
+    plot(&streams, png, font)
+}
+
+fn plot(
+    streams: &[StreamReport],
+    png: &std::path::Path,
+    font: &std::path::Path,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let bytes = std::fs::read(font).map_err(|e| format!("{}: {e}", font.display()))?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(bytes.into_boxed_slice()),
+    )
+    .map_err(|_| "the font could not be loaded".to_owned())?;
+    let mut labels: Vec<&str> = streams
+        .iter()
+        .filter(|r| r.transport == "websocket")
+        .map(|r| r.label.as_str())
+        .collect();
+    labels.dedup();
+    labels.sort_unstable();
+    labels.dedup();
+    let root = BitMapBackend::new(png, (1400, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (left, right) = root.split_horizontally(700);
+    let max_clients = streams.iter().map(|r| r.clients).max().unwrap_or(100) as f64;
+    let series = |label: &str| -> Vec<&StreamReport> {
+        let mut v: Vec<&StreamReport> = streams
+            .iter()
+            .filter(|r| r.label == label && r.transport == "websocket")
+            .collect();
+        v.sort_by_key(|r| r.clients);
+        v
+    };
+    let max_ms = streams.iter().map(|r| r.ack_ms.p99).fold(1.0, f64::max) * 1.2;
+    let mut chart = ChartBuilder::on(&left)
+        .caption(
+            "ack round trip, ms (p99 solid, p50 thin)",
+            ("sans-serif", 22),
+        )
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_clients * 1.05, (0.01f64..max_ms).log_scale())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("streaming clients (50 chunks/s each)")
+        .y_desc("ms")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, label) in labels.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let points = series(label);
+        chart
+            .draw_series(LineSeries::new(
+                points
+                    .iter()
+                    .map(|r| (r.clients as f64, r.ack_ms.p99.max(0.01))),
+                color.stroke_width(3),
+            ))
+            .map_err(|e| e.to_string())?
+            .label(label.to_string())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+        chart
+            .draw_series(LineSeries::new(
+                points
+                    .iter()
+                    .map(|r| (r.clients as f64, r.ack_ms.p50.max(0.01))),
+                color.stroke_width(1),
+            ))
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(points.iter().map(|r| {
+                Circle::new(
+                    (r.clients as f64, r.ack_ms.p99.max(0.01)),
+                    4,
+                    color.filled(),
+                )
+            }))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let max_cpu = streams
+        .iter()
+        .filter_map(|r| r.server_cpu_ms_per_1000)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&right)
+        .caption("server CPU ms per 1,000 acked chunks", ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_clients * 1.05, 0f64..max_cpu)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("streaming clients (50 chunks/s each)")
+        .y_desc("ms")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, label) in labels.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let points: Vec<(f64, f64)> = series(label)
+            .iter()
+            .filter_map(|r| Some((r.clients as f64, r.server_cpu_ms_per_1000?)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(3)))
+            .map_err(|e| e.to_string())?
+            .label(label.to_string())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())?;
+    println!();
+    println!("plot: {}", png.display());
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
+    if let Mode::Report { dir, png, font } = &cli.command {
+        if let Err(e) = report(dir, png, font) {
+            eprintln!("report: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -444,6 +669,7 @@ fn main() {
                 write_json(&common.json, &serde_json::json!({"label": common.label, "connections": sockets.len(), "errors": errors, "rss_kib_per_connection": per}));
                 drop(sockets);
             }
+            Mode::Report { .. } => {}
         }
     });
 }
