@@ -383,6 +383,11 @@ fn write_json(path: &Option<std::path::PathBuf>, value: &impl Serialize) {
     }
 }
 
+/// Whether a run's server acknowledged at least 90% of the offered chunks.
+fn keeps_up(r: &StreamReport) -> bool {
+    r.connected > 0 && r.acked_per_s >= 0.9 * r.offered_per_s
+}
+
 /// Prints the tables and draws the plot from the results in `dir`.
 fn report(
     dir: &std::path::Path,
@@ -415,10 +420,17 @@ fn report(
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &streams {
         let a = &r.ack_ms;
+        // CPU per ack means nothing for a server that fell behind (its backlog is worked off
+        // after the window): shown only for runs that kept up with the offered load.
+        let cpu = if keeps_up(r) {
+            opt(r.server_cpu_ms_per_1000, 1)
+        } else {
+            "behind".to_owned()
+        };
         println!(
             "| {} | {} | {} | {:.0} ({:.0}) | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} | {} | {} | {} | {} | {} | {:.1} |",
             r.label, r.transport, r.clients, r.acked_per_s, r.offered_per_s, a.p50, a.p95, a.p99, a.p999, a.max,
-            opt(r.server_cpu_ms_per_1000, 1), opt(r.server_rss_mib, 1), r.errors, r.disconnects, r.out_of_order, r.loadgen_cpu_s
+            cpu, opt(r.server_rss_mib, 1), r.errors, r.disconnects, r.out_of_order, r.loadgen_cpu_s
         );
     }
     println!();
@@ -527,11 +539,15 @@ fn plot(
         .map_err(|e| e.to_string())?;
     let max_cpu = streams
         .iter()
+        .filter(|r| keeps_up(r))
         .filter_map(|r| r.server_cpu_ms_per_1000)
         .fold(1.0, f64::max)
         * 1.1;
     let mut chart = ChartBuilder::on(&right)
-        .caption("server CPU ms per 1,000 acked chunks", ("sans-serif", 22))
+        .caption(
+            "server CPU ms per 1,000 acked chunks (runs that kept up)",
+            ("sans-serif", 22),
+        )
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -547,6 +563,7 @@ fn plot(
         let color = Palette99::pick(i).to_rgba();
         let points: Vec<(f64, f64)> = series(label)
             .iter()
+            .filter(|r| keeps_up(r))
             .filter_map(|r| Some((r.clients as f64, r.server_cpu_ms_per_1000?)))
             .collect();
         chart
@@ -662,7 +679,10 @@ fn main() {
                 let (sockets, _, errors) = connect_all(&common).await;
                 tokio::time::sleep(Duration::from_secs(seconds)).await;
                 let after = pid.as_deref().map(rss_kib);
-                let per = before.zip(after).map(|(b, a)| (a.saturating_sub(b)) as f64 / sockets.len().max(1) as f64);
+                let per = before
+                    .zip(after)
+                    .filter(|_| !sockets.is_empty())
+                    .map(|(b, a)| (a.saturating_sub(b)) as f64 / sockets.len() as f64);
                 println!("| server | idle connections | errors | RSS growth per connection KiB |");
                 println!("|---|---|---|---|");
                 println!("| {} | {} | {} | {} |", common.label, sockets.len(), errors, per.map(|v| format!("{v:.1}")).unwrap_or("-".into()));
