@@ -12,7 +12,7 @@ BUILD_PACKAGES=(pkg-config libpocketsphinx-dev libssl-dev)
 # Debian packages voxio needs at run time: the speech model and the speech programs.
 RUN_PACKAGES=(pocketsphinx-en-us flite espeak-ng)
 # Debian packages the tests need besides those.
-TEST_PACKAGES=(nodejs npm redis-server python3-venv)
+TEST_PACKAGES=(nodejs npm redis-server python3-venv sox chromium)
 
 _apt_updated=0
 apt_install() {
@@ -28,6 +28,7 @@ apt_install() {
       npm) command -v npm >/dev/null || still+=("$pkg") ;;
       redis-server) command -v redis-server >/dev/null || still+=("$pkg") ;;
       python3-venv) python3 -m venv --help >/dev/null 2>&1 || still+=("$pkg") ;;
+      chromium) command -v chromium >/dev/null || still+=("$pkg") ;;
       *) still+=("$pkg") ;;
     esac
   done
@@ -67,4 +68,5 @@ deps_test() {
   deps_run
   apt_install "${TEST_PACKAGES[@]}"
   npm_install "$VOXIO_ROOT/tests/interop"
+  npm_install "$VOXIO_ROOT/tests/browser"
 }
