@@ -22,25 +22,7 @@ use voxio::voice::turn::Vad;
 struct FakeOpenAi {
     addr: std::net::SocketAddr,
     chats: Arc<Mutex<Vec<Value>>>,
-    _server: TestThread,
-}
-
-struct TestThread(
-    Option<actix_web::dev::ServerHandle>,
-    Option<std::thread::JoinHandle<()>>,
-);
-
-impl Drop for TestThread {
-    fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            std::thread::spawn(move || actix_rt::System::new().block_on(handle.stop(false)))
-                .join()
-                .ok();
-        }
-        if let Some(thread) = self.1.take() {
-            thread.join().ok();
-        }
-    }
+    _server: ServerThread,
 }
 
 fn authorized(req: &HttpRequest) -> bool {
@@ -58,82 +40,74 @@ impl FakeOpenAi {
     fn start() -> FakeOpenAi {
         let chats = Arc::new(Mutex::new(Vec::new()));
         let seen = chats.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            actix_rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || {
-                    let seen = seen.clone();
-                    App::new()
-                        .route(
-                            "/v1/audio/transcriptions",
-                            web::post().to(|req: HttpRequest, body: Bytes| async move {
+        let (addr, server) = ServerThread::spawn(move || async move {
+            let server = HttpServer::new(move || {
+                let seen = seen.clone();
+                App::new()
+                    .route(
+                        "/v1/audio/transcriptions",
+                        web::post().to(|req: HttpRequest, body: Bytes| async move {
+                            if !authorized(&req) {
+                                return HttpResponse::Unauthorized().finish();
+                            }
+                            let has_wav = body.windows(4).any(|w| w == b"RIFF");
+                            let has_model = body.windows(9).any(|w| w == b"whisper-1");
+                            if !(has_wav && has_model) {
+                                return HttpResponse::BadRequest().finish();
+                            }
+                            HttpResponse::Ok().json(json!({"text": "add milk to my list"}))
+                        }),
+                    )
+                    .route(
+                        "/v1/chat/completions",
+                        web::post().to(move |req: HttpRequest, body: web::Json<Value>| {
+                            let seen = seen.clone();
+                            async move {
                                 if !authorized(&req) {
                                     return HttpResponse::Unauthorized().finish();
                                 }
-                                let has_wav = body.windows(4).any(|w| w == b"RIFF");
-                                let has_model = body.windows(9).any(|w| w == b"whisper-1");
-                                if !(has_wav && has_model) {
-                                    return HttpResponse::BadRequest().finish();
+                                seen.lock().unwrap().push(body.0.clone());
+                                let last =
+                                    body["messages"].as_array().and_then(|m| m.last()).cloned();
+                                let text =
+                                    last.map(|m| m["content"].to_string()).unwrap_or_default();
+                                if text.contains("fail") {
+                                    return HttpResponse::InternalServerError().finish();
                                 }
-                                HttpResponse::Ok().json(json!({"text": "add milk to my list"}))
-                            }),
-                        )
-                        .route(
-                            "/v1/chat/completions",
-                            web::post().to(move |req: HttpRequest, body: web::Json<Value>| {
-                                let seen = seen.clone();
-                                async move {
-                                    if !authorized(&req) {
-                                        return HttpResponse::Unauthorized().finish();
-                                    }
-                                    seen.lock().unwrap().push(body.0.clone());
-                                    let last =
-                                        body["messages"].as_array().and_then(|m| m.last()).cloned();
-                                    let text =
-                                        last.map(|m| m["content"].to_string()).unwrap_or_default();
-                                    if text.contains("fail") {
-                                        return HttpResponse::InternalServerError().finish();
-                                    }
-                                    let mut sse = String::new();
-                                    for delta in ["Sure. ", "I added ", "milk."] {
-                                        let event =
-                                            json!({"choices": [{"delta": {"content": delta}}]});
-                                        sse.push_str(&format!("data: {event}\n\n"));
-                                    }
-                                    sse.push_str("data: [DONE]\n\n");
-                                    HttpResponse::Ok()
-                                        .content_type("text/event-stream")
-                                        .body(sse)
+                                let mut sse = String::new();
+                                for delta in ["Sure. ", "I added ", "milk."] {
+                                    let event = json!({"choices": [{"delta": {"content": delta}}]});
+                                    sse.push_str(&format!("data: {event}\n\n"));
                                 }
-                            }),
-                        )
-                        .route(
-                            "/v1/audio/speech",
-                            web::post().to(|req: HttpRequest, body: web::Json<Value>| async move {
-                                if !authorized(&req) || body["response_format"] != "wav" {
-                                    return HttpResponse::BadRequest().finish();
-                                }
+                                sse.push_str("data: [DONE]\n\n");
                                 HttpResponse::Ok()
-                                    .content_type("audio/wav")
-                                    .body(tone_wav(4800))
-                            }),
-                        )
-                })
-                .workers(1)
-                .disable_signals()
-                .bind("127.0.0.1:0")
-                .unwrap();
-                let addr = server.addrs()[0];
-                let server = server.run();
-                tx.send((addr, server.handle())).unwrap();
-                let _ = server.await;
+                                    .content_type("text/event-stream")
+                                    .body(sse)
+                            }
+                        }),
+                    )
+                    .route(
+                        "/v1/audio/speech",
+                        web::post().to(|req: HttpRequest, body: web::Json<Value>| async move {
+                            if !authorized(&req) || body["response_format"] != "wav" {
+                                return HttpResponse::BadRequest().finish();
+                            }
+                            HttpResponse::Ok()
+                                .content_type("audio/wav")
+                                .body(tone_wav(4800))
+                        }),
+                    )
             })
+            .workers(1)
+            .disable_signals()
+            .bind("127.0.0.1:0")
+            .unwrap();
+            (server.addrs()[0], server.run())
         });
-        let (addr, handle) = rx.recv().unwrap();
         FakeOpenAi {
             addr,
             chats,
-            _server: TestThread(Some(handle), Some(thread)),
+            _server: server,
         }
     }
 }

@@ -17,6 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
+use voxio::bench_voice::cpu_seconds;
 
 #[derive(Parser)]
 #[command(about = "Socket.IO /voice load generator")]
@@ -96,22 +97,8 @@ struct Common {
     connect_budget_s: u64,
 }
 
-/// CPU seconds (utime + stime) of a process.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// Resident memory of a process, in KiB.
-fn rss_kib(pid: &str) -> u64 {
+fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
@@ -602,19 +589,19 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let me = std::process::id().to_string();
+    let me = std::process::id();
     runtime.block_on(async move {
         match cli.command {
             Mode::Stream { common, rate, chunk, seconds } => {
                 let (sockets, connect_ms, errors) = connect_all(&common).await;
                 let connected = sockets.len();
-                let pid = common.pid.map(|p| p.to_string());
+                let pid = common.pid;
                 let chunk = Bytes::from(vec![0u8; chunk]);
                 // Start the clients spread over one period, then measure.
                 let start = Instant::now() + Duration::from_millis(200);
                 let until = start + Duration::from_secs(seconds);
-                let cpu_before = pid.as_deref().map(cpu_seconds);
-                let own_before = cpu_seconds(&me);
+                let cpu_before = pid.map(cpu_seconds);
+                let own_before = cpu_seconds(me);
                 let period = Duration::from_secs(1) / rate.max(1);
                 let local = tokio::task::LocalSet::new();
                 let handles: Vec<_> = sockets
@@ -629,8 +616,8 @@ fn main() {
                     .run_until(async { futures_util::future::join_all(handles).await })
                     .await;
                 let elapsed = seconds as f64;
-                let cpu = cpu_before.zip(pid.as_deref().map(cpu_seconds)).map(|(a, b)| b - a);
-                let own = cpu_seconds(&me) - own_before;
+                let cpu = cpu_before.zip(pid.map(cpu_seconds)).map(|(a, b)| b - a);
+                let own = cpu_seconds(me) - own_before;
                 let mut rtts = Vec::new();
                 let (mut sent, mut acked, mut out_of_order, mut disconnects) = (0, 0, 0, 0);
                 for r in results.into_iter().flatten() {
@@ -656,7 +643,7 @@ fn main() {
                     disconnects,
                     out_of_order,
                     server_cpu_ms_per_1000: cpu.map(|c| c * 1000.0 / (acked.max(1) as f64 / 1000.0)),
-                    server_rss_mib: pid.as_deref().map(|p| rss_kib(p) as f64 / 1024.0),
+                    server_rss_mib: pid.map(|p| rss_kib(p) as f64 / 1024.0),
                     loadgen_cpu_s: own,
                 };
                 let _ = sent;
@@ -674,11 +661,11 @@ fn main() {
                 write_json(&common.json, &report);
             }
             Mode::Idle { common, seconds } => {
-                let pid = common.pid.map(|p| p.to_string());
-                let before = pid.as_deref().map(rss_kib);
+                let pid = common.pid;
+                let before = pid.map(rss_kib);
                 let (sockets, _, errors) = connect_all(&common).await;
                 tokio::time::sleep(Duration::from_secs(seconds)).await;
-                let after = pid.as_deref().map(rss_kib);
+                let after = pid.map(rss_kib);
                 let per = before
                     .zip(after)
                     .filter(|_| !sockets.is_empty())

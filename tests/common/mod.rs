@@ -22,8 +22,53 @@ pub struct TestServer {
     pub engine: Engine,
     /// Where the tested endpoint is mounted.
     pub path: &'static str,
+    _thread: ServerThread,
+}
+
+/// A server running in an actix system of its own, on a thread of its own; stopped and joined
+/// when dropped.
+pub struct ServerThread {
     handle: actix_web::dev::ServerHandle,
     thread: Option<JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Runs `start` (which binds and returns the address and the running server) in a new
+    /// actix system on a new thread.
+    pub fn spawn<F, Fut>(start: F) -> (SocketAddr, ServerThread)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = (SocketAddr, actix_web::dev::Server)>,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let (addr, server) = start().await;
+                tx.send((addr, server.handle())).expect("report address");
+                let _ = server.await;
+            })
+        });
+        let (addr, handle) = rx.recv().expect("server started");
+        (
+            addr,
+            ServerThread {
+                handle,
+                thread: Some(thread),
+            },
+        )
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        std::thread::spawn(move || actix_rt::System::new().block_on(handle.stop(false)))
+            .join()
+            .ok();
+        if let Some(thread) = self.thread.take() {
+            thread.join().ok();
+        }
+    }
 }
 
 impl TestServer {
@@ -44,28 +89,20 @@ impl TestServer {
 
     pub fn serve(engine: Engine, path: &'static str) -> TestServer {
         let served = engine.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            actix_rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || App::new().service(served.resource(path)))
-                    .workers(2)
-                    .disable_signals()
-                    .shutdown_timeout(1)
-                    .bind("127.0.0.1:0")
-                    .expect("bind");
-                let addr = server.addrs()[0];
-                let server = server.run();
-                tx.send((addr, server.handle())).expect("report address");
-                let _ = server.await;
-            })
+        let (addr, thread) = ServerThread::spawn(move || async move {
+            let server = HttpServer::new(move || App::new().service(served.resource(path)))
+                .workers(2)
+                .disable_signals()
+                .shutdown_timeout(1)
+                .bind("127.0.0.1:0")
+                .expect("bind");
+            (server.addrs()[0], server.run())
         });
-        let (addr, handle) = rx.recv().expect("server started");
         TestServer {
             addr,
             engine,
             path,
-            handle,
-            thread: Some(thread),
+            _thread: thread,
         }
     }
 
@@ -86,18 +123,6 @@ impl TestServer {
             actix_rt::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(self.engine.session_count(), n, "session count");
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        let handle = self.handle.clone();
-        std::thread::spawn(move || actix_rt::System::new().block_on(handle.stop(false)))
-            .join()
-            .ok();
-        if let Some(thread) = self.thread.take() {
-            thread.join().ok();
-        }
     }
 }
 
@@ -259,8 +284,7 @@ pub async fn raw_response(stream: &mut tokio::net::TcpStream, within: Duration) 
 /// The full voxio app, in its own actix system.
 pub struct AppServer {
     pub addr: SocketAddr,
-    handle: actix_web::dev::ServerHandle,
-    thread: Option<JoinHandle<()>>,
+    _thread: ServerThread,
 }
 
 impl AppServer {
@@ -276,47 +300,27 @@ impl AppServer {
         let mut argv = vec!["voxio", "--pin", "2468", "--static-dir", "static"];
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv).expect("arguments");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            actix_rt::System::new().block_on(async move {
-                let voxio = Voxio::build(&cli.server).await.expect("build").voxio;
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .wrap(voxio.sessions())
-                        .configure(voxio.configure())
-                })
-                .workers(2)
-                .disable_signals()
-                .shutdown_timeout(1)
-                .bind("127.0.0.1:0")
-                .expect("bind");
-                let addr = server.addrs()[0];
-                let server = server.run();
-                tx.send((addr, server.handle())).unwrap();
-                let _ = server.await;
+        let (addr, thread) = ServerThread::spawn(move || async move {
+            let voxio = Voxio::build(&cli.server).await.expect("build").voxio;
+            let server = HttpServer::new(move || {
+                App::new()
+                    .wrap(voxio.sessions())
+                    .configure(voxio.configure())
             })
+            .workers(2)
+            .disable_signals()
+            .shutdown_timeout(1)
+            .bind("127.0.0.1:0")
+            .expect("bind");
+            (server.addrs()[0], server.run())
         });
-        let (addr, handle) = rx.recv().expect("server started");
         AppServer {
             addr,
-            handle,
-            thread: Some(thread),
+            _thread: thread,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
-    }
-}
-
-impl Drop for AppServer {
-    fn drop(&mut self) {
-        let handle = self.handle.clone();
-        std::thread::spawn(move || actix_rt::System::new().block_on(handle.stop(false)))
-            .join()
-            .ok();
-        if let Some(thread) = self.thread.take() {
-            thread.join().ok();
-        }
     }
 }

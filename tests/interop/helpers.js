@@ -377,3 +377,90 @@ export function waitEvent(socket, event, ms = 5000) {
 }
 
 export { sleep };
+
+/**
+ * Records every event a Socket.IO client socket receives (through onAny), plus the
+ * reserved `connect`, `disconnect` and `connect_error` events, so that tests can
+ * await them one by one with a deadline. Each item is the array of the event's args.
+ */
+export class Recorder {
+  constructor(socket) {
+    this.socket = socket;
+    this.items = new Map();
+    this.waiters = [];
+    this.log = [];
+    socket.onAny((event, ...args) => this.push(event, args));
+    for (const ev of ["connect", "disconnect", "connect_error"]) {
+      socket.on(ev, (...args) => this.push(ev, args));
+    }
+  }
+
+  push(event, args) {
+    this.log.push(event);
+    const i = this.waiters.findIndex((w) => w.events.includes(event));
+    if (i >= 0) {
+      const [w] = this.waiters.splice(i, 1);
+      w.resolve({ event, args });
+      return;
+    }
+    if (!this.items.has(event)) this.items.set(event, []);
+    this.items.get(event).push(args);
+  }
+
+  /** Unconsumed occurrences of `event`. */
+  pending(event) {
+    return (this.items.get(event) || []).length;
+  }
+
+  /** The args of the next `event`, or rejects after `ms`. */
+  async next(event, ms = 5000) {
+    return (await this.nextOf([event], ms)).args;
+  }
+
+  /** { event, args } of the next of `events`, or rejects after `ms`. */
+  nextOf(events, ms = 5000) {
+    for (const event of events) {
+      const queued = this.items.get(event);
+      if (queued && queued.length) return Promise.resolve({ event, args: queued.shift() });
+    }
+    return new Promise((resolve, reject) => {
+      const w = {
+        events,
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+      };
+      const timer = setTimeout(() => {
+        const i = this.waiters.indexOf(w);
+        if (i >= 0) this.waiters.splice(i, 1);
+        reject(new Error(`no ${events.map((e) => `"${e}"`).join(" or ")} event within ${ms} ms (${this.state()})`));
+      }, ms);
+      this.waiters.push(w);
+    });
+  }
+
+  state() {
+    const s = this.socket;
+    const engine = s.io.engine;
+    const transport = engine && engine.transport ? engine.transport.name : "none";
+    const recent = this.log.slice(-10).join(", ");
+    return `connected=${s.connected}, transport=${transport}, recent events: [${recent}]`;
+  }
+}
+
+/** Resolves once the manager's current engine runs on WebSocket (after its `upgrade`). */
+export function waitWebsocket(socket, ms = 10_000) {
+  const engine = socket.io.engine;
+  if (engine.transport && engine.transport.name === "websocket") return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`no "upgrade" within ${ms} ms (transport ${engine.transport && engine.transport.name})`)),
+      ms,
+    );
+    engine.once("upgrade", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
