@@ -416,8 +416,7 @@ impl Fragments {
 
     fn push(&mut self, item: Item) -> Result<Option<Assembled>, CloseCode> {
         let (text, data, last) = match item {
-            Item::FirstText(data) | Item::FirstBinary(data) if self.current.is_some() => {
-                let _ = data;
+            Item::FirstText(_) | Item::FirstBinary(_) if self.current.is_some() => {
                 return Err(CloseCode::Protocol);
             }
             Item::FirstText(data) => (Some(true), data, false),

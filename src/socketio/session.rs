@@ -307,8 +307,6 @@ impl SessionHandler for SioSession {
         }
     }
 
-    fn on_upgrade(&mut self) {}
-
     fn on_close(&mut self, reason: CloseReason) {
         self.partial = None;
         self.partial_since.store(0, Ordering::Release);
