@@ -64,6 +64,21 @@ fn speech(dir: &std::path::Path, text: &str) -> std::io::Result<Vec<i16>> {
         .ok_or_else(|| std::io::Error::other("flite wrote no WAV"))
 }
 
+/// Sends one binary `audio` event (no ack asked).
+async fn send_audio<S, E>(conn: &mut S, chunk: &[u8]) -> std::io::Result<()>
+where
+    S: futures_util::Sink<ws::Message, Error = E> + Unpin,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let header = r#"451-/voice,["audio",{"_placeholder":true,"num":0}]"#;
+    conn.send(ws::Message::Text(header.into()))
+        .await
+        .map_err(std::io::Error::other)?;
+    conn.send(ws::Message::Binary(Bytes::copy_from_slice(chunk)))
+        .await
+        .map_err(std::io::Error::other)
+}
+
 struct Server(Child);
 
 impl Drop for Server {
@@ -132,14 +147,7 @@ pub async fn run(turns: usize, port: u16) -> std::io::Result<()> {
             // Send what is due, then read what has come.
             let due = (start.elapsed().as_millis() / 20) as usize + 1;
             for (n, chunk) in chunks.by_ref() {
-                conn.send(send(
-                    r#"451-/voice,["audio",{"_placeholder":true,"num":0}]"#.into(),
-                ))
-                .await
-                .map_err(std::io::Error::other)?;
-                conn.send(ws::Message::Binary(Bytes::copy_from_slice(chunk)))
-                    .await
-                    .map_err(std::io::Error::other)?;
+                send_audio(&mut conn, chunk).await?;
                 if n + 1 == speech_end_chunk {
                     speech_end = Some(Instant::now());
                 }
@@ -180,14 +188,7 @@ pub async fn run(turns: usize, port: u16) -> std::io::Result<()> {
         }
         // Let the rest of the padding go out, so turns do not overlap.
         for (_, chunk) in chunks {
-            conn.send(send(
-                r#"451-/voice,["audio",{"_placeholder":true,"num":0}]"#.into(),
-            ))
-            .await
-            .map_err(std::io::Error::other)?;
-            conn.send(ws::Message::Binary(Bytes::copy_from_slice(chunk)))
-                .await
-                .map_err(std::io::Error::other)?;
+            send_audio(&mut conn, chunk).await?;
         }
         let ms = |at: Option<Instant>| match (speech_end, at) {
             (Some(end), Some(at)) => Some(at.saturating_duration_since(end).as_secs_f64() * 1000.0),

@@ -58,6 +58,19 @@ async fn ws_data(conn: &mut WsConn) -> String {
     }
 }
 
+/// Reads until the server closes the connection, answering pings; any other frame fails the
+/// test (`what` says what was sent).
+async fn until_closed(conn: &mut WsConn, what: &str) {
+    loop {
+        match ws_next(conn).await {
+            Some(ws::Frame::Close(_)) | None => break,
+            Some(ws::Frame::Text(t)) if &t[..] == b"2" => ws_send(conn, "3").await,
+            Some(ws::Frame::Text(t)) if &t[..] == b"1" => {}
+            Some(other) => panic!("{what}: expected a close, got {other:?}"),
+        }
+    }
+}
+
 /// Sends `bad` after joining and expects the connection to be closed.
 async fn closes<const N: usize>(server: &TestServer, frames: [ws::Message; N]) {
     let what = format!("{frames:?}");
@@ -65,14 +78,7 @@ async fn closes<const N: usize>(server: &TestServer, frames: [ws::Message; N]) {
     for frame in frames {
         conn.send(frame).await.expect("send");
     }
-    loop {
-        match ws_next(&mut conn).await {
-            Some(ws::Frame::Close(_)) | None => break,
-            Some(ws::Frame::Text(t)) if &t[..] == b"2" => {}
-            Some(ws::Frame::Text(t)) if &t[..] == b"1" => {}
-            Some(other) => panic!("{what}: expected a close, got {other:?}"),
-        }
-    }
+    until_closed(&mut conn, &what).await;
     server.wait_sessions(0).await;
 }
 
@@ -198,14 +204,7 @@ async fn connect_timeout_closes_a_connection_that_joins_nothing() {
     let mut conn = ws_connect(&server.ws_url("transport=websocket")).await;
     ws_text(&mut conn).await;
     // Answer pings so only connectTimeout (1 s) can close it.
-    loop {
-        match ws_next(&mut conn).await {
-            Some(ws::Frame::Text(t)) if &t[..] == b"2" => ws_send(&mut conn, "3").await,
-            Some(ws::Frame::Text(t)) if &t[..] == b"1" => {}
-            Some(ws::Frame::Close(_)) | None => break,
-            other => panic!("{other:?}"),
-        }
-    }
+    until_closed(&mut conn, "").await;
     server.wait_sessions(0).await;
 }
 
@@ -340,14 +339,7 @@ async fn advisory_binary_header_without_attachments() {
         r#"451-["message",{"_placeholder":true,"num":0}]"#,
     )
     .await;
-    loop {
-        match ws_next(&mut conn).await {
-            Some(ws::Frame::Text(t)) if &t[..] == b"2" => ws_send(&mut conn, "3").await,
-            Some(ws::Frame::Text(t)) if &t[..] == b"1" => {}
-            Some(ws::Frame::Close(_)) | None => break,
-            other => panic!("{other:?}"),
-        }
-    }
+    until_closed(&mut conn, "").await;
     server.wait_sessions(0).await;
 }
 

@@ -140,8 +140,8 @@ async fn token_status(app: &AppServer, cookie: &str, extra: Option<(&str, &str)>
     req.send().await.unwrap().status().as_u16()
 }
 
-/// A `/voice` socket over WebSocket, authenticated with the PIN in CONNECT.
-async fn voice_socket(app: &AppServer) -> WsConn {
+/// A WebSocket Engine.IO session on the app, past its open packet (101, no Set-Cookie).
+async fn engine_socket(app: &AppServer) -> WsConn {
     let (res, mut conn) = client()
         .ws(format!(
             "ws://{}/socket.io/?EIO=4&transport=websocket",
@@ -153,6 +153,12 @@ async fn voice_socket(app: &AppServer) -> WsConn {
     assert_eq!(res.status().as_u16(), 101);
     assert!(res.headers().get("set-cookie").is_none());
     assert!(ws_text(&mut conn).await.starts_with("0{"));
+    conn
+}
+
+/// A `/voice` socket over WebSocket, authenticated with the PIN in CONNECT.
+async fn voice_socket(app: &AppServer) -> WsConn {
+    let mut conn = engine_socket(app).await;
     ws_send(&mut conn, r#"40/voice,{"pin":"2468"}"#).await;
     assert!(data(&mut conn).await.starts_with("40/voice,{\"sid\""));
     assert_eq!(
@@ -304,15 +310,7 @@ async fn logout_revokes_cookie_copies_and_earlier_tokens() {
         // A copy of the cookie from before the logout gets no token.
         assert_eq!(token_status(&app, &cookie, None).await, 401, "{url:?}");
         // A token from before the logout no longer connects.
-        let (_, mut conn) = client()
-            .ws(format!(
-                "ws://{}/socket.io/?EIO=4&transport=websocket",
-                app.addr
-            ))
-            .connect()
-            .await
-            .unwrap();
-        ws_text(&mut conn).await;
+        let mut conn = engine_socket(&app).await;
         ws_send(&mut conn, &format!(r#"40/voice,{{"token":"{token}"}}"#)).await;
         let refused = data(&mut conn).await;
         assert!(
@@ -462,15 +460,7 @@ async fn redis_stopped_or_paused_gives_503_and_recovers() {
 #[actix_rt::test]
 async fn audio_before_authentication_is_refused() {
     let app = AppServer::start(&[]);
-    let (_, mut conn) = client()
-        .ws(format!(
-            "ws://{}/socket.io/?EIO=4&transport=websocket",
-            app.addr
-        ))
-        .connect()
-        .await
-        .unwrap();
-    ws_text(&mut conn).await;
+    let mut conn = engine_socket(&app).await;
     ws_send(&mut conn, "40/voice,").await;
     assert!(data(&mut conn).await.starts_with("40/voice,{"));
     let refused = audio(&mut conn, 7).await;
