@@ -66,7 +66,8 @@ pub struct ServerArgs {
     pub client_js: PathBuf,
     /// Redis URL (`redis://host:port/db`) for sessions and PIN attempt limits shared by every
     /// node; unset: in-process stores.
-    #[arg(long, env = "VOXIO_REDIS_URL")]
+    /// With it, the nodes also share broadcasts and rooms (the cluster adapter).
+    #[arg(long, env = "VOXIO_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Milliseconds a Redis operation may take before the page routes answer 503.
     #[arg(long, env = "VOXIO_REDIS_TIMEOUT_MS", default_value_t = 1000)]
@@ -169,6 +170,24 @@ pub struct ServerArgs {
     /// Audio chunks a pipeline queues before dropping the oldest.
     #[arg(long, env = "VOXIO_AUDIO_QUEUE", default_value_t = 256)]
     pub audio_queue: usize,
+    /// Milliseconds between this node's heartbeats to the others on Redis.
+    #[arg(long, env = "VOXIO_CLUSTER_HEARTBEAT_MS", default_value_t = 2_000)]
+    pub cluster_heartbeat_ms: u64,
+    /// Milliseconds after which a silent node is forgotten by the others.
+    #[arg(long, env = "VOXIO_CLUSTER_NODE_TIMEOUT_MS", default_value_t = 6_000)]
+    pub cluster_node_timeout_ms: u64,
+    /// Broadcasts queued for Redis at most; beyond it (Redis slow or away) they are dropped
+    /// for the other nodes and counted, and still delivered on this one.
+    #[arg(long, env = "VOXIO_CLUSTER_QUEUE", default_value_t = 4096)]
+    pub cluster_queue: usize,
+    /// Milliseconds a shutdown (SIGTERM, SIGINT) lets running voice turns finish before every
+    /// connection is closed and the process exits.
+    #[arg(long, env = "VOXIO_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+    /// Log format: `text` (for people) or `json` (one object per line, for log collectors).
+    /// The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "VOXIO_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// Engine.IO settings.
     #[command(flatten)]
     pub engine: EngineArgs,

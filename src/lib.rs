@@ -6,9 +6,11 @@
 //! endpoints external conformance suites drive.
 
 pub mod bench_voice;
+pub mod cluster;
 pub mod config;
 pub mod engineio;
 pub mod protocol_test;
 pub mod socketio;
+pub mod telemetry;
 pub mod voice;
 pub mod web;

@@ -11,10 +11,17 @@ use voxio::web::Voxio;
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if cli.server.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(false)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     match cli.command {
         Some(Command::BenchVoice { turns, port }) => voxio::bench_voice::run(turns, port).await,
         Some(Command::ProtocolTest { port }) => {
@@ -36,8 +43,12 @@ async fn main() -> std::io::Result<()> {
             };
             let voxio = startup.voxio;
             let app = voxio.clone();
+            // Signals are voxio's own: a shutdown drains the sessions first (see
+            // `Voxio::drain`), and only then stops the HTTP server.
             let mut server =
-                HttpServer::new(move || App::new().wrap(app.sessions()).configure(app.configure()));
+                HttpServer::new(move || App::new().wrap(app.sessions()).configure(app.configure()))
+                    .disable_signals()
+                    .shutdown_timeout(2);
             if args.workers > 0 {
                 server = server.workers(args.workers);
             }
@@ -56,8 +67,39 @@ async fn main() -> std::io::Result<()> {
                 // Printed once, to the terminal only: never through the log.
                 println!("\n  voxio PIN for this run: {pin}   (set VOXIO_PIN to choose one)\n");
             }
-            server.run().await
+            let server = server.run();
+            let handle = server.handle();
+            let grace = std::time::Duration::from_millis(args.shutdown_grace_ms);
+            actix_rt::spawn(async move {
+                let signal = shutdown_signal().await;
+                tracing::info!(
+                    signal,
+                    grace_ms = grace.as_millis() as u64,
+                    "shutting down: new sessions refused, voice turns finishing"
+                );
+                voxio.drain(grace).await;
+                handle.stop(true).await;
+            });
+            server.await?;
+            tracing::info!("stopped");
+            Ok(())
         }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT; returns its name.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals; stop voxio with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }
 

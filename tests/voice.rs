@@ -302,7 +302,6 @@ async fn a_slow_pipeline_drops_oldest_audio_counts_it_and_stays_healthy() {
         limiter: voxio::web::auth::AttemptLimiter::memory(Default::default()),
         policy: Default::default(),
         tokens: voxio::web::auth::TokenSigner::new(b"k", Duration::from_secs(60)),
-        logins: Logins::default(),
         revoked: voxio::web::auth::Revocations::memory(),
     });
     let api = voxio::voice::openai::OpenAi {
@@ -327,6 +326,7 @@ async fn a_slow_pipeline_drops_oldest_audio_counts_it_and_stays_healthy() {
         Arc::new(Voice {
             auth,
             stages: Some(Arc::new(stages)),
+            pipelines: Pipelines::default(),
         }),
     );
     let config = EngineConfig {

@@ -31,6 +31,9 @@ pub enum EngineError {
     /// The server holds `max_sessions` already (HTTP 503, code 3).
     #[error("Too many sessions")]
     TooManySessions,
+    /// The server is draining for a shutdown and takes no new session (HTTP 503, code 3).
+    #[error("Server shutting down")]
+    ShuttingDown,
 }
 
 impl EngineError {
@@ -42,7 +45,8 @@ impl EngineError {
             EngineError::BadHandshakeMethod => 2,
             EngineError::BadRequest
             | EngineError::PayloadTooLarge
-            | EngineError::TooManySessions => 3,
+            | EngineError::TooManySessions
+            | EngineError::ShuttingDown => 3,
             EngineError::Forbidden => 4,
             EngineError::UnsupportedProtocolVersion => 5,
         }
@@ -53,7 +57,9 @@ impl EngineError {
         match self {
             EngineError::Forbidden => StatusCode::FORBIDDEN,
             EngineError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            EngineError::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::TooManySessions | EngineError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -61,7 +67,7 @@ impl EngineError {
     /// The HTTP answer: the status, and the JSON body.
     pub fn response(self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status());
-        if self == EngineError::TooManySessions {
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header(("Retry-After", "1"));
         }
         response.json(serde_json::json!({ "code": self.code(), "message": self.to_string() }))

@@ -9,6 +9,7 @@
 //! HTTP handler is alive (it holds the other end of a oneshot), so a client that gives up on a
 //! poll does not leave a phantom request behind.
 
+use crate::telemetry::ENGINE;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
@@ -161,6 +162,8 @@ impl PollingSession {
             }
         }
         let body = packet::encode_payload(&frames);
+        ENGINE.packets_out[0].increment(frames.len() as u64);
+        ENGINE.bytes_out[0].increment(body.len() as u64);
         if reply.send(PollReply::Payload(body)).is_err() {
             // The client went away between the check and now: keep its packets for the next poll.
             frames.retain(|f| *f != OutFrame::CLOSE && *f != OutFrame::NOOP);
@@ -266,7 +269,9 @@ impl Handler<PostData> for PollingSession {
         };
         let now = Instant::now();
         let machine = &mut core.machine;
+        ENGINE.bytes_in[0].increment(msg.body.len() as u64);
         let decoded = packet::decode_payload(msg.body, |packet| {
+            ENGINE.packets_in[0].increment(1);
             machine.handle_packet(packet, now);
             if machine.is_closed() {
                 ControlFlow::Break(())

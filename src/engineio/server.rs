@@ -2,8 +2,8 @@
 //! transport actors share.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use actix::{Actor, Addr, AsyncContext, Context, SpawnHandle};
@@ -20,6 +20,7 @@ use super::session::{Event, Session};
 use super::sid::Sid;
 use super::websocket::WsConnection;
 use super::{EngineConfig, EngineError, EngineHandler, Handshake, SessionHandler, TransportKind};
+use crate::telemetry::{self, EngineMetrics, ENGINE};
 
 /// An Engine.IO server: configuration, the layer above, and the sessions it holds.
 ///
@@ -41,6 +42,8 @@ pub(crate) struct EngineShared {
     pub(crate) config: EngineConfig,
     handler: Arc<dyn EngineHandler>,
     pub(crate) registry: Registry,
+    /// Set when the server drains for a shutdown: new handshakes are refused.
+    draining: AtomicBool,
 }
 
 impl Engine {
@@ -51,6 +54,7 @@ impl Engine {
                 config,
                 handler,
                 registry: Registry::default(),
+                draining: AtomicBool::new(false),
             }),
         }
     }
@@ -63,6 +67,24 @@ impl Engine {
     /// Sessions open now, on either transport (probing WebSockets not counted).
     pub fn session_count(&self) -> usize {
         self.shared.registry.live.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining for a shutdown: from now on new handshakes are refused with 503 (a
+    /// client retries, and a load balancer sends it to another node); open sessions go on until
+    /// they are closed, for example with [`Engine::sessions`] and
+    /// [`CloseReason::ServerShutdown`](super::CloseReason::ServerShutdown).
+    pub fn begin_shutdown(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Engine::begin_shutdown`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// A handle on every open session (to close them, say).
+    pub fn sessions(&self) -> Vec<SessionHandle> {
+        self.shared.registry.handles()
     }
 
     /// An actix-web resource serving the protocol at `path` (for example `/socket.io/`).
@@ -203,9 +225,20 @@ fn open_session(
     req: &HttpRequest,
     transport: TransportKind,
 ) -> Result<SessionCore, EngineError> {
-    let slot = shared.registry.reserve(shared.config.max_sessions)?;
+    if shared.draining.load(Ordering::Acquire) {
+        telemetry::refused("shutting down");
+        return Err(EngineError::ShuttingDown);
+    }
     let sid = Sid::generate();
     let outbox = Arc::new(Outbox::new(shared.config.outbound_queue));
+    let slot = shared
+        .registry
+        .reserve(
+            shared.config.max_sessions,
+            transport,
+            SessionHandle::new(sid, outbox.clone()),
+        )
+        .inspect_err(|_| telemetry::refused("too many sessions"))?;
     let machine = Session::new(
         sid,
         &shared.config,
@@ -219,7 +252,7 @@ fn open_session(
     Ok(SessionCore {
         machine,
         handler,
-        _slot: slot,
+        slot,
     })
 }
 
@@ -237,7 +270,10 @@ fn polling_open(
         .drain_payload(shared.config.max_payload);
     let addr = PollingSession::new(shared.clone(), core).start();
     shared.registry.insert(sid, Route::Polling(addr));
-    Ok(payload_response(super::packet::encode_payload(&frames)))
+    let body = super::packet::encode_payload(&frames);
+    ENGINE.packets_out[0].increment(frames.len() as u64);
+    ENGINE.bytes_out[0].increment(body.len() as u64);
+    Ok(payload_response(body))
 }
 
 pub(crate) fn payload_response(body: bytes::Bytes) -> HttpResponse {
@@ -354,6 +390,8 @@ pub(crate) struct Registry {
     routes: RwLock<HashMap<Sid, Route>>,
     /// Sessions open, counted by their slots (so a full server refuses before it allocates).
     live: Arc<AtomicUsize>,
+    /// A handle on each open session, held by its slot.
+    handles: Arc<Mutex<HashMap<Sid, SessionHandle>>>,
 }
 
 impl Registry {
@@ -381,26 +419,71 @@ impl Registry {
         }
     }
 
-    fn reserve(&self, max: usize) -> Result<SessionSlot, EngineError> {
+    fn reserve(
+        &self,
+        max: usize,
+        transport: TransportKind,
+        handle: SessionHandle,
+    ) -> Result<SessionSlot, EngineError> {
         let before = self.live.fetch_add(1, Ordering::AcqRel);
         if before >= max {
             self.live.fetch_sub(1, Ordering::AcqRel);
             return Err(EngineError::TooManySessions);
         }
+        let sid = handle.sid();
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sid, handle);
+        let index = EngineMetrics::index(transport);
+        ENGINE.sessions[index].increment(1.0);
+        ENGINE.opened[index].increment(1);
         Ok(SessionSlot {
             live: self.live.clone(),
+            handles: self.handles.clone(),
+            sid,
+            transport: index,
         })
+    }
+
+    fn handles(&self) -> Vec<SessionHandle> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }
 
 /// One counted session; the count goes down when the session's state is dropped.
 pub(crate) struct SessionSlot {
     live: Arc<AtomicUsize>,
+    handles: Arc<Mutex<HashMap<Sid, SessionHandle>>>,
+    sid: Sid,
+    /// The transport's index in the metrics.
+    transport: usize,
+}
+
+impl SessionSlot {
+    /// The session moved from polling to WebSocket.
+    pub(crate) fn upgraded(&mut self) {
+        let to = EngineMetrics::index(TransportKind::WebSocket);
+        ENGINE.sessions[self.transport].decrement(1.0);
+        ENGINE.sessions[to].increment(1.0);
+        ENGINE.upgrades.increment(1);
+        self.transport = to;
+    }
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
         self.live.fetch_sub(1, Ordering::AcqRel);
+        ENGINE.sessions[self.transport].decrement(1.0);
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.sid);
     }
 }
 
@@ -409,7 +492,7 @@ impl Drop for SessionSlot {
 pub(crate) struct SessionCore {
     pub(crate) machine: Session,
     pub(crate) handler: Box<dyn SessionHandler>,
-    pub(crate) _slot: SessionSlot,
+    pub(crate) slot: SessionSlot,
 }
 
 impl SessionCore {
@@ -419,7 +502,10 @@ impl SessionCore {
             match event {
                 Event::Message(text) => self.handler.on_message(text),
                 Event::Binary(data) => self.handler.on_binary(data),
-                Event::Closed(reason) => self.handler.on_close(reason),
+                Event::Closed(reason) => {
+                    telemetry::session_closed(reason.as_str());
+                    self.handler.on_close(reason)
+                }
             }
         }
         self.machine.is_closed()

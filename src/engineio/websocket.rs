@@ -31,6 +31,7 @@ use super::polling::{
 };
 use super::server::{EngineShared, Route, SessionCore, Timer};
 use super::CloseReason;
+use crate::telemetry::ENGINE;
 
 enum Mode {
     Open(SessionCore),
@@ -195,6 +196,17 @@ impl WsConnection {
         }
     }
 
+    /// A fragmented message is complete.
+    fn on_assembled(&mut self, assembled: Assembled, ctx: &mut Context<Self>) {
+        match assembled {
+            Assembled::Text(bytes) => match ByteString::try_from(bytes) {
+                Ok(text) => self.on_message(Packet::decode_text(text), ctx),
+                Err(_) => self.fail(CloseReason::TransportError, CloseCode::Invalid, ctx),
+            },
+            Assembled::Binary(data) => self.on_message(Ok(Packet::Binary(data)), ctx),
+        }
+    }
+
     /// A complete message arrived.
     fn on_message(
         &mut self,
@@ -225,7 +237,8 @@ impl WsConnection {
                         .send(UpgradeComplete)
                         .into_actor(self)
                         .map(|core, act, ctx| match core {
-                            Ok(Some(core)) => {
+                            Ok(Some(mut core)) => {
+                                core.slot.upgraded();
                                 act.mode = Mode::Open(core);
                                 if let Mode::Open(core) = &mut act.mode {
                                     core.handler.on_upgrade();
@@ -263,10 +276,17 @@ async fn write_frames(mut ws: actix_ws::Session, outbox: Arc<Outbox>) {
     let mut batch = Vec::new();
     loop {
         let closing = outbox.drain_into(&mut batch);
+        ENGINE.packets_out[1].increment(batch.len() as u64);
         for frame in batch.drain(..) {
             let sent = match frame {
-                OutFrame::Text(text) => ws.text(text).await,
-                OutFrame::Binary(data) => ws.binary(data).await,
+                OutFrame::Text(text) => {
+                    ENGINE.bytes_out[1].increment(text.len() as u64);
+                    ws.text(text).await
+                }
+                OutFrame::Binary(data) => {
+                    ENGINE.bytes_out[1].increment(data.len() as u64);
+                    ws.binary(data).await
+                }
             };
             if sent.is_err() {
                 return;
@@ -350,16 +370,25 @@ impl StreamHandler<Result<Message, ProtocolError>> for WsConnection {
             }
             Err(_) => return self.fail(CloseReason::TransportError, CloseCode::Protocol, ctx),
         };
+        const WS: usize = 1;
         match message {
-            Message::Text(text) => self.on_message(Packet::decode_text(text), ctx),
-            Message::Binary(data) => self.on_message(Ok(Packet::Binary(data)), ctx),
+            Message::Text(text) => {
+                ENGINE.packets_in[WS].increment(1);
+                ENGINE.bytes_in[WS].increment(text.len() as u64);
+                self.on_message(Packet::decode_text(text), ctx)
+            }
+            Message::Binary(data) => {
+                ENGINE.packets_in[WS].increment(1);
+                ENGINE.bytes_in[WS].increment(data.len() as u64);
+                self.on_message(Ok(Packet::Binary(data)), ctx)
+            }
             Message::Continuation(item) => match self.fragments.push(item) {
                 Ok(None) => {}
-                Ok(Some(Assembled::Text(bytes))) => match ByteString::try_from(bytes) {
-                    Ok(text) => self.on_message(Packet::decode_text(text), ctx),
-                    Err(_) => self.fail(CloseReason::TransportError, CloseCode::Invalid, ctx),
-                },
-                Ok(Some(Assembled::Binary(data))) => self.on_message(Ok(Packet::Binary(data)), ctx),
+                Ok(Some(assembled)) => {
+                    ENGINE.packets_in[WS].increment(1);
+                    ENGINE.bytes_in[WS].increment(assembled.len() as u64);
+                    self.on_assembled(assembled, ctx)
+                }
                 Err(code) => self.fail(CloseReason::TransportError, code, ctx),
             },
             Message::Ping(data) => {
@@ -395,6 +424,14 @@ impl Handler<SessionGone> for WsConnection {
 enum Assembled {
     Text(Bytes),
     Binary(Bytes),
+}
+
+impl Assembled {
+    fn len(&self) -> usize {
+        match self {
+            Assembled::Text(b) | Assembled::Binary(b) => b.len(),
+        }
+    }
 }
 
 /// Reassembles fragmented messages within a size and a fragment-count limit.

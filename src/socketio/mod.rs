@@ -22,6 +22,7 @@
 //! });
 //! ```
 
+pub mod adapter;
 mod namespace;
 pub mod packet;
 mod session;
@@ -31,6 +32,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+pub use adapter::{Adapter, Broadcast, Operation, Target};
 pub use namespace::{BroadcastOperator, ConnectError, ConnectRequest, Namespace, NamespaceBuilder};
 pub use packet::Payload;
 pub use socket::{AckError, AckSender, DisconnectReason, EmitError, Event, Extensions, Socket};
@@ -76,6 +78,7 @@ pub struct SocketIo {
 pub(crate) struct IoInner {
     pub(crate) config: SocketIoConfig,
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    adapter: namespace::AdapterSlot,
 }
 
 impl SocketIo {
@@ -85,6 +88,7 @@ impl SocketIo {
             inner: Arc::new(IoInner {
                 config,
                 namespaces: RwLock::new(HashMap::new()),
+                adapter: Arc::default(),
             }),
         }
     }
@@ -98,7 +102,7 @@ impl SocketIo {
     ) -> Arc<Namespace> {
         let mut builder = NamespaceBuilder::new(name);
         build(&mut builder);
-        let ns = builder.finish();
+        let ns = builder.finish(self.inner.adapter.clone());
         self.inner
             .namespaces
             .write()
@@ -110,6 +114,43 @@ impl SocketIo {
     /// The namespace called `name`, if declared.
     pub fn of(&self, name: &str) -> Option<Arc<Namespace>> {
         self.inner.namespace(name)
+    }
+
+    /// Carries this server's broadcasts to other nodes from now on.
+    pub fn set_adapter(&self, adapter: Arc<dyn Adapter>) {
+        *self
+            .inner
+            .adapter
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(adapter);
+    }
+
+    /// Applies a broadcast that another node published, to this node's sockets only. Returns
+    /// how many sockets it reached (0 for a namespace not declared here).
+    pub fn apply_remote(&self, broadcast: Broadcast) -> usize {
+        let Some(ns) = self.of(&broadcast.target.nsp) else {
+            return 0;
+        };
+        let mut op = BroadcastOperator::new(ns).local();
+        for room in broadcast.target.rooms {
+            op = op.to(room);
+        }
+        for id in broadcast.target.except {
+            op = op.except(id);
+        }
+        match broadcast.op {
+            Operation::Emit {
+                event,
+                payload,
+                volatile,
+            } => {
+                if volatile {
+                    op = op.volatile();
+                }
+                op.emit(&event, payload)
+            }
+            Operation::Disconnect => op.disconnect_sockets(),
+        }
     }
 
     /// The Engine.IO side of this server.

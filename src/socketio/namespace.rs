@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 
+use super::adapter::{Adapter, Broadcast, Operation, Target};
 use super::packet::Payload;
 use super::socket::{encode_event, DisconnectReason, Event, Extensions, Socket};
 use crate::engineio::{Handshake, Sid};
@@ -61,6 +62,8 @@ pub(crate) type Middleware =
 type EventHandler = Arc<dyn Fn(&Socket, Event) + Send + Sync>;
 type ConnectHandler = Arc<dyn Fn(&Socket) + Send + Sync>;
 type DisconnectHandler = Arc<dyn Fn(&Socket, DisconnectReason) + Send + Sync>;
+/// The server's adapter, shared by its namespaces (set after they are declared).
+pub(crate) type AdapterSlot = Arc<RwLock<Option<Arc<dyn Adapter>>>>;
 
 /// Declares a namespace's middleware and handlers; see [`super::SocketIo::namespace`].
 pub struct NamespaceBuilder {
@@ -143,8 +146,9 @@ impl NamespaceBuilder {
         self
     }
 
-    pub(crate) fn finish(self) -> Arc<Namespace> {
+    pub(crate) fn finish(self, adapter: AdapterSlot) -> Arc<Namespace> {
         Arc::new(Namespace {
+            adapter,
             name: self.name,
             middleware: self.middleware,
             on_connect: self.on_connect,
@@ -173,6 +177,7 @@ pub struct Namespace {
     fallback: Option<EventHandler>,
     on_disconnect: Option<DisconnectHandler>,
     rooms: RwLock<Rooms>,
+    adapter: AdapterSlot,
 }
 
 impl Namespace {
@@ -199,6 +204,13 @@ impl Namespace {
     /// Emits to every socket of the namespace.
     pub fn broadcast(self: &Arc<Self>) -> BroadcastOperator {
         BroadcastOperator::new(self.clone())
+    }
+
+    fn adapter(&self) -> Option<Arc<dyn Adapter>> {
+        self.adapter
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Rooms> {
@@ -307,12 +319,14 @@ impl Namespace {
     }
 }
 
-/// Emits one packet to many sockets: encoded once, shared by all.
+/// Emits one packet to many sockets (encoded once, shared by all), on this node and, through
+/// the server's adapter, on every other node.
 pub struct BroadcastOperator {
     ns: Arc<Namespace>,
     rooms: Vec<String>,
     except: Vec<Sid>,
     volatile: bool,
+    local: bool,
 }
 
 impl BroadcastOperator {
@@ -322,6 +336,7 @@ impl BroadcastOperator {
             rooms: Vec::new(),
             except: Vec::new(),
             volatile: false,
+            local: false,
         }
     }
 
@@ -343,13 +358,54 @@ impl BroadcastOperator {
         self
     }
 
-    /// Emits the event; returns how many sockets it was queued for.
+    /// Reaches this node's sockets only.
+    pub fn local(mut self) -> Self {
+        self.local = true;
+        self
+    }
+
+    /// Emits the event; returns how many sockets of this node it was queued for.
     pub fn emit(self, event: &str, payload: impl Into<Payload>) -> usize {
-        let frames = encode_event(self.ns.name(), event, None, &payload.into());
-        self.ns
+        let payload = payload.into();
+        let frames = encode_event(self.ns.name(), event, None, &payload);
+        let reached = self
+            .ns
             .targets(&self.rooms, &self.except)
             .iter()
             .filter(|socket| socket.send_frames(&frames, self.volatile).is_ok())
-            .count()
+            .count();
+        let volatile = self.volatile;
+        self.publish(Operation::Emit {
+            event: event.to_owned(),
+            payload,
+            volatile,
+        });
+        reached
+    }
+
+    /// Disconnects the sockets from the namespace; returns how many of this node's.
+    pub fn disconnect_sockets(self) -> usize {
+        let sockets = self.ns.targets(&self.rooms, &self.except);
+        for socket in &sockets {
+            socket.disconnect();
+        }
+        self.publish(Operation::Disconnect);
+        sockets.len()
+    }
+
+    fn publish(self, op: Operation) {
+        if self.local {
+            return;
+        }
+        if let Some(adapter) = self.ns.adapter() {
+            adapter.publish(Broadcast {
+                target: Target {
+                    nsp: self.ns.name().to_owned(),
+                    rooms: self.rooms,
+                    except: self.except,
+                },
+                op,
+            });
+        }
     }
 }

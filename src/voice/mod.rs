@@ -15,7 +15,7 @@ pub mod stt;
 pub mod tts;
 pub mod turn;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::engineio::Sid;
 use crate::socketio::{ConnectError, ConnectRequest, Event, Payload, Socket, SocketIo};
+use crate::telemetry;
 use crate::web::auth::{
     AttemptLimiter, Backoff, BackoffPolicy, Pin, Refusal, Revocations, TokenSigner,
 };
@@ -42,8 +44,6 @@ pub struct VoiceAuth {
     pub policy: BackoffPolicy,
     /// Voice tokens from page logins.
     pub tokens: TokenSigner,
-    /// Sockets authenticated by a page login's token, by login (logout disconnects them).
-    pub logins: Logins,
     /// Logins that logged out.
     pub revoked: Revocations,
 }
@@ -67,45 +67,6 @@ struct AudioCounter(Arc<Mutex<u64>>);
 
 /// Most bytes in one `audio` chunk: one second of 48 kHz stereo.
 pub const MAX_CHUNK: usize = 192_000;
-
-/// Sockets by the page login that authenticated them.
-#[derive(Default)]
-pub struct Logins(Mutex<HashMap<String, Vec<Socket>>>);
-
-impl Logins {
-    fn add(&self, login: &str, socket: &Socket) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(login.to_owned())
-            .or_default()
-            .push(socket.clone());
-    }
-
-    fn remove(&self, login: &str, socket: &Socket) {
-        let mut logins = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sockets) = logins.get_mut(login) {
-            sockets.retain(|s| s.id() != socket.id());
-            if sockets.is_empty() {
-                logins.remove(login);
-            }
-        }
-    }
-
-    /// Disconnects every socket of `login`; returns how many.
-    pub fn disconnect(&self, login: &str) -> usize {
-        let sockets = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(login)
-            .unwrap_or_default();
-        for socket in &sockets {
-            socket.disconnect();
-        }
-        sockets.len()
-    }
-}
 
 #[derive(Deserialize)]
 struct PinAuth {
@@ -151,6 +112,7 @@ impl VoiceAuth {
             self.limiter.succeed(key).await;
             return Ok(());
         }
+        telemetry::auth_failure("pin");
         let wait = self
             .limiter
             .fail(key)
@@ -186,11 +148,14 @@ impl VoiceAuth {
                     });
                     Ok(())
                 }
-                _ => refuse(auth_error(
-                    "invalid_token",
-                    "The voice token is invalid or expired.",
-                    Duration::ZERO,
-                )),
+                _ => {
+                    telemetry::auth_failure("token");
+                    refuse(auth_error(
+                        "invalid_token",
+                        "The voice token is invalid or expired.",
+                        Duration::ZERO,
+                    ))
+                }
             };
         }
         if let Ok(PinAuth { pin }) = PinAuth::deserialize(auth) {
@@ -225,14 +190,35 @@ fn refuse(socket: &Socket, event: Event, code: &str, message: &str) {
     let _ = socket.emit("error", body);
 }
 
+/// The room of every socket authenticated through one page login, on any node.
+pub fn login_room(login: &str) -> String {
+    format!("login:{login}")
+}
+
+/// Ends a page login's voice sockets on every node: each gets `auth_error {code:
+/// "logged_out"}`, then a Socket.IO DISCONNECT (so its client does not reconnect). Returns
+/// how many were on this node.
+pub fn log_out(io: &SocketIo, login: &str) -> usize {
+    let Some(ns) = io.of(NAMESPACE) else {
+        return 0;
+    };
+    let room = login_room(login);
+    ns.to(room.clone()).emit(
+        "auth_error",
+        auth_error("logged_out", "You logged out.", Duration::ZERO),
+    );
+    ns.to(room).disconnect_sockets()
+}
+
 fn on_authenticated(voice: &Voice, socket: &Socket, who: &Authenticated) {
     if let Some(login) = &who.login {
-        voice.auth.logins.add(login, socket);
+        socket.join(login_room(login));
     }
     let _ = socket.emit("authenticated", json!({ "via": who.via }));
     if let Some(stages) = &voice.stages {
         let user = who.login.clone().unwrap_or_else(|| "pin".to_owned());
         let handle = Pipeline::start(socket.clone(), user.clone(), stages.clone());
+        voice.pipelines.insert(socket, handle.clone());
         socket.extensions().insert(handle);
         if let Some(items) = stages.assistant.todos(&user) {
             let _ = socket.emit("todos", json!({ "items": items }));
@@ -251,6 +237,37 @@ pub struct Voice {
     pub auth: Arc<VoiceAuth>,
     /// The voice pipeline's stages.
     pub stages: Option<Arc<Stages>>,
+    /// The running pipelines.
+    pub pipelines: Pipelines,
+}
+
+/// The running pipelines, by the Engine.IO session and socket they serve: what a shutdown
+/// waits for.
+#[derive(Default)]
+pub struct Pipelines(Mutex<HashMap<(Sid, Sid), PipelineHandle>>);
+
+impl Pipelines {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Sid, Sid), PipelineHandle>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(&self, socket: &Socket, handle: PipelineHandle) {
+        self.lock()
+            .insert((socket.engine().sid(), socket.id()), handle);
+    }
+
+    fn remove(&self, socket: &Socket) {
+        self.lock().remove(&(socket.engine().sid(), socket.id()));
+    }
+
+    /// Engine.IO sessions with a voice turn in progress.
+    pub fn busy_sessions(&self) -> HashSet<Sid> {
+        self.lock()
+            .iter()
+            .filter(|(_, handle)| handle.busy())
+            .map(|((session, _), _)| *session)
+            .collect()
+    }
 }
 
 /// Declares `/voice` on `io`.
@@ -259,7 +276,7 @@ pub fn namespace(io: &SocketIo, voice: Arc<Voice>) {
         voice.auth.clone(),
         voice.clone(),
         voice.clone(),
-        voice.auth.clone(),
+        voice.clone(),
     );
     io.namespace(NAMESPACE, move |ns| {
         ns.middleware_async(move |req| {
@@ -352,13 +369,8 @@ pub fn namespace(io: &SocketIo, voice: Arc<Voice>) {
         })
         .on_disconnect(move |socket, _| {
             if let Some(pipeline) = socket.extensions().remove::<PipelineHandle>() {
+                leaving.pipelines.remove(socket);
                 pipeline.shutdown();
-            }
-            if let Some(Authenticated {
-                login: Some(login), ..
-            }) = socket.extensions().get::<Authenticated>()
-            {
-                leaving.logins.remove(&login, socket);
             }
         });
     });

@@ -8,6 +8,7 @@
 //! the assistant, speech and synthesis are cancelled at once and the client is told to clear
 //! its playback (barge-in). Every stage's cost is reported per turn in a `metrics` event.
 
+use crate::telemetry::{self, VOICE};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -82,6 +83,7 @@ pub struct PipelineHandle {
     addr: actix::Addr<Pipeline>,
     inbox: Arc<Inbox>,
     format: Arc<Mutex<AudioFormat>>,
+    busy: Arc<AtomicBool>,
 }
 
 impl PipelineHandle {
@@ -97,7 +99,9 @@ impl PipelineHandle {
             if chunks.len() >= self.inbox.capacity {
                 chunks.pop_front();
                 self.inbox.dropped.fetch_add(1, Ordering::Relaxed);
+                VOICE.dropped.increment(1);
             }
+            VOICE.chunks.increment(1);
             chunks.push_back(chunk);
             !self.inbox.scheduled.swap(true, Ordering::AcqRel)
         };
@@ -135,6 +139,12 @@ impl PipelineHandle {
     /// Chunks dropped so far.
     pub fn dropped(&self) -> u64 {
         self.inbox.dropped()
+    }
+
+    /// Whether a turn is in progress: from speech (or typed text) until its answer has been
+    /// sent in full, or the turn came to nothing.
+    pub fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
     }
 }
 
@@ -235,6 +245,7 @@ pub struct Pipeline {
     answers: u64,
     history: Vec<Line>,
     played_ms: u64,
+    busy: Arc<AtomicBool>,
 }
 
 impl Pipeline {
@@ -256,13 +267,20 @@ impl Pipeline {
             answers: 0,
             history: Vec::new(),
             played_ms: 0,
+            busy: Arc::new(AtomicBool::new(false)),
             stages,
         };
+        let busy = pipeline.busy.clone();
         PipelineHandle {
             addr: pipeline.start(),
             inbox,
             format: Arc::new(Mutex::new(AudioFormat::default())),
+            busy,
         }
+    }
+
+    fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Release);
     }
 
     fn emit(&self, event: &str, data: serde_json::Value) {
@@ -294,6 +312,8 @@ impl Pipeline {
             self.emit("playback.clear", json!({ "playedMs": played }));
         }
         self.turn += 1;
+        self.set_busy(true);
+        VOICE.turns.increment(1);
         self.times = TurnTimes {
             last_voiced: Some(Instant::now()),
             ..TurnTimes::default()
@@ -315,8 +335,10 @@ impl Pipeline {
     fn speech_stopped(&mut self) {
         self.emit("vad.speech_stopped", json!({}));
         self.times.stopped = Some(Instant::now());
-        if let Some(stt) = self.stt.take() {
-            stt.finish();
+        match self.stt.take() {
+            Some(stt) => stt.finish(),
+            // Nothing will be transcribed: the turn is over.
+            None => self.set_busy(self.answer.is_some()),
         }
     }
 
@@ -324,6 +346,7 @@ impl Pipeline {
     /// that a cancelled answer's leftovers are ignored.
     fn respond(&mut self, text: &str, ctx: &mut Context<Self>) {
         self.stop_answer(ctx, "replaced");
+        self.set_busy(true);
         self.remember(Role::User, text.to_owned());
         self.answers += 1;
         let id = self.answers;
@@ -455,6 +478,7 @@ impl Pipeline {
             }
             self.remember(Role::Assistant, answer.text);
         }
+        self.set_busy(false);
     }
 
     /// Cancels the answer in progress; the history keeps only what the client played of it.
@@ -490,6 +514,21 @@ impl Pipeline {
             _ => serde_json::Value::Null,
         };
         let t = self.times;
+        let seconds = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => Some(b.saturating_duration_since(a).as_secs_f64()),
+            _ => None,
+        };
+        for (stage, value) in [
+            ("vad_stop", seconds(t.last_voiced, t.stopped)),
+            ("stt_final", seconds(t.stopped, t.final_at)),
+            ("assistant_first", seconds(t.final_at, t.replied)),
+            ("tts_first", seconds(t.replied, Some(first_audio))),
+            ("total", seconds(t.stopped, Some(first_audio))),
+        ] {
+            if let Some(value) = value {
+                telemetry::voice_stage(stage, value);
+            }
+        }
         self.emit(
             "metrics",
             json!({
@@ -645,10 +684,13 @@ impl Handler<Transcript> for Pipeline {
                 self.emit("transcript.final", json!({ "text": text }));
                 if !text.is_empty() {
                     self.respond(&text, ctx);
+                } else {
+                    self.set_busy(self.answer.is_some());
                 }
             }
             SttEvent::Failed(message) => {
-                self.emit("error", json!({"code": "stt_failed", "message": message}))
+                self.emit("error", json!({"code": "stt_failed", "message": message}));
+                self.set_busy(self.answer.is_some());
             }
         }
     }

@@ -31,6 +31,26 @@ pub type SttSink = Box<dyn Fn(SttEvent) + Send>;
 pub trait SpeechToText: Send + Sync {
     /// Starts a stream for one turn; `None` when no decoder is free.
     fn start(&self, sink: SttSink) -> Option<Box<dyn SttStream>>;
+
+    /// Whether it can take turns now (a remote provider: always; it fails per turn).
+    fn readiness(&self) -> Readiness {
+        Readiness {
+            ready: true,
+            decoders: 0,
+            idle: 0,
+        }
+    }
+}
+
+/// What `/readyz` reports of speech-to-text.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    /// Able to transcribe.
+    pub ready: bool,
+    /// Warm local decoders (0 for a remote provider).
+    pub decoders: usize,
+    /// Of which free now.
+    pub idle: usize,
 }
 
 /// One turn's audio going in.
@@ -151,6 +171,14 @@ impl SphinxPool {
 }
 
 impl SpeechToText for SphinxPool {
+    fn readiness(&self) -> Readiness {
+        Readiness {
+            ready: self.size > 0,
+            decoders: self.size,
+            idle: self.idle(),
+        }
+    }
+
     fn start(&self, sink: SttSink) -> Option<Box<dyn SttStream>> {
         let worker = self.idle.lock().ok()?.pop()?;
         worker.send(Command::Begin(sink)).ok()?;

@@ -26,6 +26,9 @@ use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
 
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::ServerArgs;
 use crate::engineio::{Engine, OriginPolicy};
 use crate::socketio::{SocketIo, SocketIoConfig};
@@ -45,6 +48,13 @@ pub struct Voxio {
     pub io: SocketIo,
     /// PIN, limits and tokens.
     pub auth: Arc<VoiceAuth>,
+    /// The `/voice` namespace's state (its running pipelines).
+    pub voice: Arc<voice::Voice>,
+    /// The other nodes, when Redis is configured.
+    pub cluster: Option<Cluster>,
+    metrics: PrometheusHandle,
+    /// A connection to check Redis with, when configured.
+    redis_ping: Option<(redis::aio::ConnectionManager, Duration)>,
     static_dir: PathBuf,
     client_js: PathBuf,
     origins: OriginPolicy,
@@ -65,6 +75,7 @@ pub struct Startup {
 impl Voxio {
     /// Builds the app from its settings (connects to Redis when configured).
     pub async fn build(args: &ServerArgs) -> anyhow::Result<Startup> {
+        let metrics = crate::telemetry::install();
         let (pin, generated_pin) = match (&args.pin_hash, &args.pin) {
             (Some(hash), _) => (
                 Pin::argon2(&hash.0)
@@ -93,8 +104,13 @@ impl Voxio {
             ..BackoffPolicy::default()
         };
         let redis_timeout = Duration::from_millis(args.redis_timeout_ms);
-        let (limiter, revoked, redis_store) = match &args.redis_url {
-            None => (AttemptLimiter::memory(policy), Revocations::memory(), None),
+        let (limiter, revoked, redis_store, redis_ping) = match &args.redis_url {
+            None => (
+                AttemptLimiter::memory(policy),
+                Revocations::memory(),
+                None,
+                None,
+            ),
             Some(url) => {
                 let client = redis::Client::open(url.as_str())?;
                 let config = redis::aio::ConnectionManagerConfig::new()
@@ -113,10 +129,11 @@ impl Voxio {
                         timeout: redis_timeout,
                     },
                     Revocations::Redis {
-                        connection,
+                        connection: connection.clone(),
                         timeout: redis_timeout,
                     },
                     Some((store, redis_timeout, Arc::new(StoreHealth::default()))),
+                    Some((connection, redis_timeout)),
                 )
             }
         };
@@ -130,17 +147,29 @@ impl Voxio {
             limiter,
             policy,
             tokens: TokenSigner::new(&secret, Duration::from_millis(args.token_ttl_ms)),
-            logins: voice::Logins::default(),
             revoked,
         });
         let io = SocketIo::new(SocketIoConfig::default());
-        voice::namespace(
-            &io,
-            Arc::new(voice::Voice {
-                auth: auth.clone(),
-                stages,
-            }),
-        );
+        let voice = Arc::new(voice::Voice {
+            auth: auth.clone(),
+            stages,
+            pipelines: voice::Pipelines::default(),
+        });
+        voice::namespace(&io, voice.clone());
+        let cluster = match &args.redis_url {
+            None => None,
+            Some(url) => Some(Cluster::start(
+                &io,
+                ClusterConfig {
+                    redis_url: url.clone(),
+                    prefix: "voxio".into(),
+                    heartbeat: Duration::from_millis(args.cluster_heartbeat_ms.max(1)),
+                    node_timeout: Duration::from_millis(args.cluster_node_timeout_ms.max(1)),
+                    queue: args.cluster_queue,
+                    timeout: redis_timeout,
+                },
+            )?),
+        };
         let engine_config = args.engine.engine_config();
         let origins = engine_config.origins.clone();
         let engine = Engine::new(engine_config, io.engine_handler());
@@ -149,6 +178,10 @@ impl Voxio {
                 engine,
                 io,
                 auth,
+                voice,
+                cluster,
+                metrics,
+                redis_ping,
                 static_dir: args.static_dir.clone(),
                 client_js: args.client_js.clone(),
                 origins,
@@ -159,6 +192,59 @@ impl Voxio {
             },
             generated_pin,
         })
+    }
+
+    /// Drains this node for a shutdown: refuses new sessions, closes every session that has no
+    /// voice turn running at once and each of the others when its turn is done, and after
+    /// `grace` closes whatever is left. Closing here is an Engine.IO close (a WebSocket close
+    /// frame, or a close packet on the pending poll), never a Socket.IO DISCONNECT, so clients
+    /// reconnect, to another node behind a load balancer. Returns once every session is gone
+    /// (or a short while after the deadline) and the other nodes were told.
+    pub async fn drain(&self, grace: Duration) {
+        use crate::engineio::CloseReason;
+        crate::telemetry::shutting_down();
+        self.engine.begin_shutdown();
+        let started = std::time::Instant::now();
+        let deadline = started + grace;
+        let mut reported = None;
+        // When every session has been asked to close: they get a moment to flush (a polling
+        // client to collect its close packet), not the whole grace.
+        let mut all_asked: Option<std::time::Instant> = None;
+        loop {
+            let busy = self.voice.pipelines.busy_sessions();
+            let now = std::time::Instant::now();
+            let past = now >= deadline;
+            for session in self.engine.sessions() {
+                if past || !busy.contains(&session.sid()) {
+                    session.close_with(CloseReason::ServerShutdown);
+                }
+            }
+            let open = self.engine.session_count();
+            if open == 0 {
+                break;
+            }
+            if busy.is_empty() || past {
+                let asked = *all_asked.get_or_insert(now);
+                if now.duration_since(asked) >= Duration::from_secs(1) {
+                    tracing::info!(
+                        sessions = open,
+                        "drained: sessions left to their clients' next request"
+                    );
+                    break;
+                }
+            } else if reported != Some(busy.len()) {
+                tracing::info!(
+                    turns = busy.len(),
+                    "draining: waiting for voice turns to finish"
+                );
+                reported = Some(busy.len());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.leave().await;
+        }
+        tracing::info!(ms = started.elapsed().as_millis() as u64, "drained");
     }
 
     /// The session middleware, wrapped in the realtime bypass (one per worker).
@@ -194,6 +280,8 @@ impl Voxio {
                 .route("/socket.io/socket.io.js", web::get().to(client_js))
                 .service(self.engine.resource(SOCKET_PATH))
                 .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics))
                 .route("/login", web::post().to(login))
                 .route("/logout", web::post().to(logout))
                 .route("/api/voice-token", web::get().to(voice_token))
@@ -310,6 +398,64 @@ async fn healthz() -> HttpResponse {
 }
 
 /// A JSON error answer.
+/// Whether this node should get new clients: not draining, Redis answering (when
+/// configured), the cluster subscription up, speech-to-text decoders warm. 200 or 503, with
+/// each check in the JSON body.
+async fn readyz(app: web::Data<Voxio>) -> HttpResponse {
+    let draining = app.engine.is_draining();
+    let redis = match &app.redis_ping {
+        None => json!("not configured"),
+        Some((connection, timeout)) => {
+            let mut conn = connection.clone();
+            let ping = tokio::time::timeout(
+                *timeout,
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await;
+            match ping {
+                Ok(Ok(_)) => json!("ok"),
+                _ => {
+                    crate::telemetry::redis_error("readyz");
+                    json!("unreachable")
+                }
+            }
+        }
+    };
+    let cluster = app
+        .cluster
+        .as_ref()
+        .map(|c| json!({ "node": c.node(), "subscribed": c.is_connected(), "nodes": c.nodes() }));
+    let stt = app.voice.stages.as_ref().map(|s| s.stt.readiness());
+    let ready = !draining
+        && (redis == "ok" || redis == "not configured")
+        && cluster.as_ref().is_none_or(|c| c["subscribed"] == true)
+        && stt.as_ref().is_none_or(|s| s.ready);
+    let body = json!({
+        "ready": ready,
+        "draining": draining,
+        "redis": redis,
+        "cluster": cluster,
+        "stt": stt.map(|s| json!({ "ready": s.ready, "decoders": s.decoders, "idle": s.idle })),
+        "sessions": app.engine.session_count(),
+    });
+    let mut response = if ready {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::ServiceUnavailable()
+    };
+    response
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(body)
+}
+
+/// Prometheus text format.
+async fn metrics(app: web::Data<Voxio>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(app.metrics.render())
+}
+
 fn error(status: actix_web::http::StatusCode, code: &str, message: &str) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -380,6 +526,7 @@ async fn login(
         }
     }
     if !app.auth.pin.verify(&form.pin) {
+        crate::telemetry::auth_failure("login");
         let wait = app
             .auth
             .limiter
@@ -468,7 +615,7 @@ async fn logout(req: HttpRequest, app: web::Data<Voxio>, session: Session) -> Ht
                 .insert_header((header::RETRY_AFTER, "1"))
                 .json(json!({"code": "unavailable", "message": "Try again shortly."}));
         }
-        app.auth.logins.disconnect(&login);
+        voice::log_out(&app.io, &login);
     }
     session.purge();
     HttpResponse::NoContent().finish()

@@ -1,0 +1,207 @@
+//! Process metrics in Prometheus text format, from the `metrics` crate and its Prometheus
+//! recorder.
+//!
+//! Hot paths (packets, audio chunks) hold their counters as handles resolved once, so counting
+//! one is an atomic add, not a registry lookup. The handles are resolved the first time a part
+//! of the server counts something; [`install`] must run before that (it is called by
+//! [`crate::web::Voxio::build`]), or the handles stay no-ops.
+
+use std::sync::{LazyLock, OnceLock};
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::engineio::TransportKind;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
+                    ],
+                )
+                .expect("bucket list is not empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+/// The installed recorder's handle, if [`install`] ran.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE.get()
+}
+
+fn describe() {
+    describe_gauge!(
+        "voxio_engine_sessions",
+        "Engine.IO sessions open now, by transport"
+    );
+    describe_counter!(
+        "voxio_engine_sessions_opened_total",
+        "Engine.IO sessions opened, by first transport"
+    );
+    describe_counter!(
+        "voxio_engine_upgrades_total",
+        "Sessions upgraded from polling to WebSocket"
+    );
+    describe_counter!(
+        "voxio_engine_closes_total",
+        "Engine.IO sessions closed, by reason"
+    );
+    describe_counter!(
+        "voxio_engine_packets_total",
+        "Engine.IO packets, by direction and transport"
+    );
+    describe_counter!(
+        "voxio_engine_bytes_total",
+        Unit::Bytes,
+        "Engine.IO payload bytes, by direction and transport"
+    );
+    describe_counter!(
+        "voxio_engine_refused_total",
+        "Handshakes refused, by reason"
+    );
+    describe_counter!(
+        "voxio_voice_audio_chunks_total",
+        "Audio chunks accepted for a voice pipeline"
+    );
+    describe_counter!(
+        "voxio_voice_audio_dropped_total",
+        "Audio chunks dropped because a pipeline's inbox was full"
+    );
+    describe_counter!("voxio_voice_turns_total", "Voice turns started");
+    describe_histogram!(
+        "voxio_voice_stage_seconds",
+        Unit::Seconds,
+        "Voice latency by stage: vad_stop, stt_final, assistant_first, tts_first, total"
+    );
+    describe_counter!(
+        "voxio_auth_failures_total",
+        "Refused authentications, by kind (pin, token, login)"
+    );
+    describe_counter!(
+        "voxio_redis_errors_total",
+        "Failed Redis operations, by component"
+    );
+    describe_gauge!(
+        "voxio_cluster_nodes",
+        "voxio nodes this node hears on Redis, itself included"
+    );
+    describe_counter!(
+        "voxio_cluster_messages_total",
+        "Cluster messages, by direction (published, received, dropped)"
+    );
+    describe_gauge!(
+        "voxio_shutting_down",
+        "1 while the node drains for a shutdown"
+    );
+}
+
+/// Engine.IO counters, one handle each per transport.
+pub(crate) struct EngineMetrics {
+    pub sessions: [Gauge; 2],
+    pub opened: [Counter; 2],
+    pub packets_in: [Counter; 2],
+    pub packets_out: [Counter; 2],
+    pub bytes_in: [Counter; 2],
+    pub bytes_out: [Counter; 2],
+    pub upgrades: Counter,
+}
+
+fn by_transport<T>(f: impl Fn(&'static str) -> T) -> [T; 2] {
+    [f("polling"), f("websocket")]
+}
+
+pub(crate) static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetrics {
+    sessions: by_transport(|t| gauge!("voxio_engine_sessions", "transport" => t)),
+    opened: by_transport(|t| counter!("voxio_engine_sessions_opened_total", "transport" => t)),
+    packets_in: by_transport(
+        |t| counter!("voxio_engine_packets_total", "direction" => "in", "transport" => t),
+    ),
+    packets_out: by_transport(
+        |t| counter!("voxio_engine_packets_total", "direction" => "out", "transport" => t),
+    ),
+    bytes_in: by_transport(
+        |t| counter!("voxio_engine_bytes_total", "direction" => "in", "transport" => t),
+    ),
+    bytes_out: by_transport(
+        |t| counter!("voxio_engine_bytes_total", "direction" => "out", "transport" => t),
+    ),
+    upgrades: counter!("voxio_engine_upgrades_total"),
+});
+
+impl EngineMetrics {
+    pub(crate) fn index(transport: TransportKind) -> usize {
+        match transport {
+            TransportKind::Polling => 0,
+            TransportKind::WebSocket => 1,
+        }
+    }
+}
+
+/// Counts a closed session (not per packet: a registry lookup is fine here).
+pub(crate) fn session_closed(reason: &'static str) {
+    counter!("voxio_engine_closes_total", "reason" => reason).increment(1);
+}
+
+/// Counts a refused handshake.
+pub(crate) fn refused(reason: &'static str) {
+    counter!("voxio_engine_refused_total", "reason" => reason).increment(1);
+}
+
+/// Voice counters.
+pub(crate) struct VoiceMetrics {
+    pub chunks: Counter,
+    pub dropped: Counter,
+    pub turns: Counter,
+}
+
+pub(crate) static VOICE: LazyLock<VoiceMetrics> = LazyLock::new(|| VoiceMetrics {
+    chunks: counter!("voxio_voice_audio_chunks_total"),
+    dropped: counter!("voxio_voice_audio_dropped_total"),
+    turns: counter!("voxio_voice_turns_total"),
+});
+
+/// Records one voice stage's latency.
+pub(crate) fn voice_stage(stage: &'static str, seconds: f64) {
+    let h: Histogram = histogram!("voxio_voice_stage_seconds", "stage" => stage);
+    h.record(seconds);
+}
+
+/// Counts a refused authentication.
+pub fn auth_failure(kind: &'static str) {
+    counter!("voxio_auth_failures_total", "kind" => kind).increment(1);
+}
+
+/// Counts a failed Redis operation.
+pub fn redis_error(component: &'static str) {
+    counter!("voxio_redis_errors_total", "component" => component).increment(1);
+}
+
+/// Sets how many cluster nodes this node hears.
+pub fn cluster_nodes(n: usize) {
+    gauge!("voxio_cluster_nodes").set(n as f64);
+}
+
+/// Counts a cluster message.
+pub fn cluster_message(direction: &'static str) {
+    counter!("voxio_cluster_messages_total", "direction" => direction).increment(1);
+}
+
+/// Marks the node draining.
+pub fn shutting_down() {
+    gauge!("voxio_shutting_down").set(1.0);
+}
