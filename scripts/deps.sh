@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # Installs what voxio needs, idempotently: each step checks first and does nothing when
-# everything is already there. Sourced by scripts/serve and scripts/test.
-#   deps_build  - Debian packages the Rust build links against
-#   deps_test   - everything the test suite drives: Node clients, Python clients, redis-server
+# everything is already there. Sourced by scripts/serve and scripts/test; run directly by the
+# Dockerfile, so the image and CI install the same Debian packages:
+#   scripts/deps.sh image-build     - the builder stage: build packages, Node for the client
+#   scripts/deps.sh image-runtime   - the runtime stage: RUN_PACKAGES only, apt lists removed
+# Functions:
+#   deps_build  - Debian packages the Rust build links against, and the run-time ones
+#   deps_run    - the page's Socket.IO client bundle (npm)
+#   deps_test   - everything the test suite drives: Node clients, Python clients, redis-server,
+#                 nginx, debootstrap
 set -euo pipefail
 
 VOXIO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Debian packages needed to build voxio (C libraries for -sys crates, pkg-config).
 BUILD_PACKAGES=(pkg-config libpocketsphinx-dev libssl-dev)
-# Debian packages voxio needs at run time: the speech model and the speech programs.
-RUN_PACKAGES=(pocketsphinx-en-us flite espeak-ng)
+# Debian packages voxio needs at run time: the libraries the binary links (pocketsphinx,
+# OpenSSL), the speech model, the speech programs (flite is the default voice, espeak-ng the
+# other; both run as processes), and CA certificates for remote providers.
+RUN_PACKAGES=(libpocketsphinx3 pocketsphinx-en-us flite espeak-ng libssl3 ca-certificates)
 # Debian packages the tests need besides those.
-TEST_PACKAGES=(nodejs npm redis-server python3-venv sox chromium)
+TEST_PACKAGES=(nodejs npm redis-server python3-venv sox chromium nginx-light debootstrap)
 
 _apt_updated=0
 apt_install() {
@@ -29,6 +37,7 @@ apt_install() {
       redis-server) command -v redis-server >/dev/null || still+=("$pkg") ;;
       python3-venv) python3 -m venv --help >/dev/null 2>&1 || still+=("$pkg") ;;
       chromium) command -v chromium >/dev/null || still+=("$pkg") ;;
+      nginx-light) command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || still+=("$pkg") ;;
       *) still+=("$pkg") ;;
     esac
   done
@@ -70,3 +79,23 @@ deps_test() {
   npm_install "$VOXIO_ROOT/tests/interop"
   npm_install "$VOXIO_ROOT/tests/browser"
 }
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  case "${1:-}" in
+    image-build)
+      apt_install "${BUILD_PACKAGES[@]}" nodejs npm
+      ;;
+    image-runtime)
+      apt_install "${RUN_PACKAGES[@]}"
+      apt-get clean
+      rm -rf /var/lib/apt/lists/*
+      ;;
+    run-packages)
+      echo "${RUN_PACKAGES[@]}"
+      ;;
+    *)
+      echo "usage: $0 image-build|image-runtime|run-packages" >&2
+      exit 2
+      ;;
+  esac
+fi

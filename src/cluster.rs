@@ -165,7 +165,8 @@ impl Cluster {
         self.inner.subscribed.load(Ordering::Acquire)
     }
 
-    /// Tells the other nodes this one is leaving (waits at most the Redis timeout).
+    /// Tells the other nodes this one is leaving and stops its heartbeats and publishing
+    /// (waits at most the Redis timeout).
     pub async fn leave(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.inner.outgoing.try_send(Outgoing::Leave(tx)).is_ok() {
@@ -437,7 +438,9 @@ async fn publisher(cluster: Cluster, client: redis::Client, mut rx: mpsc::Receiv
             }
         }
         if let Some(done) = done {
+            // This node is leaving: no more heartbeats, nothing more to publish.
             let _ = done.send(());
+            return;
         }
     }
 }

@@ -34,6 +34,13 @@ pub enum Command {
         #[arg(long, default_value_t = 18_080)]
         port: u16,
     },
+    /// Exits 0 if the server at VOXIO_BIND (on this machine) answers `/healthz` with 200, 1 if
+    /// not: the container's HEALTHCHECK (the image has no curl).
+    Healthcheck {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 2)]
+        timeout_s: u64,
+    },
     /// Serves the protocol test endpoints for external conformance suites: `/engine.io/` echoes
     /// every message back, `/socket.io/` serves namespaces `/` and `/custom`; pingInterval
     /// 300 ms, pingTimeout 200 ms, any Origin.
@@ -309,6 +316,32 @@ mod tests {
             !shown.contains("424242") && !shown.contains("s3cr3t"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn every_server_option_has_a_variable_a_help_and_shows_in_help() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let help = cmd.render_long_help().to_string();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let env = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{id} has no VOXIO_* variable"));
+            let env = env.to_str().unwrap();
+            assert!(env.starts_with("VOXIO_"), "{id}: {env}");
+            assert!(arg.get_help().is_some(), "--{id} has no help");
+            assert!(help.contains(env), "--help shows {env}");
+        }
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert!(Cli::try_parse_from(["voxio", "--log-format", "json"]).is_ok());
+        assert!(Cli::try_parse_from(["voxio", "--log-format", "xml"]).is_err());
     }
 
     #[test]

@@ -24,6 +24,16 @@ async fn main() -> std::io::Result<()> {
     }
     match cli.command {
         Some(Command::BenchVoice { turns, port }) => voxio::bench_voice::run(turns, port).await,
+        Some(Command::Healthcheck { timeout_s }) => {
+            let timeout = std::time::Duration::from_secs(timeout_s.max(1));
+            match healthcheck(cli.server.bind, timeout) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Some(Command::ProtocolTest { port }) => {
             let endpoints = std::sync::Arc::new(protocol_test::ProtocolTest::new());
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -84,6 +94,32 @@ async fn main() -> std::io::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
+    }
+}
+
+/// GET /healthz on this machine's server at `bind`, answered 200.
+fn healthcheck(bind: SocketAddr, timeout: std::time::Duration) -> std::io::Result<()> {
+    use std::io::{Error, Read, Write};
+    let ip = match bind.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&SocketAddr::new(ip, bind.port()), timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut head = [0u8; 32];
+    let n = stream.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    if line.starts_with("HTTP/1.1 200") || line.starts_with("HTTP/1.0 200") {
+        Ok(())
+    } else {
+        Err(Error::other(format!(
+            "answered {:?}",
+            line.lines().next().unwrap_or("")
+        )))
     }
 }
 

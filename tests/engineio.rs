@@ -688,3 +688,47 @@ async fn two_hundred_polling_sessions_across_workers() {
         "sessions opened on both workers"
     );
 }
+
+#[actix_rt::test]
+async fn a_draining_engine_refuses_handshakes_and_closes_sessions_on_request() {
+    use voxio::engineio::CloseReason;
+    let server = TestServer::echo(fast());
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    let mut conn = ws_connect(&server.ws_url("transport=websocket")).await;
+    assert!(ws_text(&mut conn).await.starts_with("0{"));
+    server.wait_sessions(2).await;
+
+    server.engine.begin_shutdown();
+    assert!(server.engine.is_draining());
+    let refused = get(&client, &server.url("transport=polling")).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.code(), 3);
+    match client
+        .ws(server.ws_url("transport=websocket"))
+        .connect()
+        .await
+    {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 503)
+        }
+        other => panic!(
+            "a WebSocket handshake while draining: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    // Open sessions go on until closed.
+    let pending = client
+        .get(server.url(&format!("transport=polling&sid={sid}")))
+        .send();
+    let handles = server.engine.sessions();
+    assert_eq!(handles.len(), 2);
+    for handle in handles {
+        handle.close_with(CloseReason::ServerShutdown);
+    }
+    // The pending poll gets the close packet; the WebSocket a close frame "service restart".
+    let mut answer = pending.await.expect("poll");
+    assert_eq!(answer.body().await.unwrap().as_ref(), b"1");
+    assert_eq!(ws_closed(&mut conn).await, Some(1012));
+    server.wait_sessions(0).await;
+}

@@ -216,6 +216,12 @@ async function startOnPort({ args, env }, port) {
       );
     },
     stop,
+    /** Sends `signal` to the process and waits for it to exit: { code, signal }. */
+    async kill(signal) {
+      process.removeListener("exit", killOnExit);
+      if (!exited) child.kill(signal);
+      return exitPromise;
+    },
     get exited() {
       return exited;
     },
@@ -407,6 +413,11 @@ export class Recorder {
     this.items.get(event).push(args);
   }
 
+  /** Occurrences of `event` so far, consumed or not. */
+  count(event) {
+    return this.log.filter((e) => e === event).length;
+  }
+
   /** Unconsumed occurrences of `event`. */
   pending(event) {
     return (this.items.get(event) || []).length;
@@ -463,4 +474,98 @@ export function waitWebsocket(socket, ms = 10_000) {
       resolve();
     });
   });
+}
+
+/** Spawns a long-running helper process; `stop()` ends it (SIGTERM, then SIGKILL). */
+function spawnHelper(cmd, args, label) {
+  const log = new LogBuffer();
+  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+  child.stdout.on("data", (c) => log.push("stdout", c));
+  child.stderr.on("data", (c) => log.push("stderr", c));
+  let exited = null;
+  const exitPromise = new Promise((resolve) => {
+    child.once("exit", (code, signal) => resolve((exited = { code, signal })));
+    child.once("error", (error) => resolve((exited = { error })));
+  });
+  const killOnExit = () => {
+    if (!exited) child.kill("SIGKILL");
+  };
+  process.once("exit", killOnExit);
+  return {
+    log: () => log.toString(),
+    get exited() {
+      return exited;
+    },
+    async stop() {
+      process.removeListener("exit", killOnExit);
+      if (exited) return exited;
+      child.kill("SIGTERM");
+      const result = await Promise.race([exitPromise, sleep(STOP_DEADLINE_MS).then(() => null)]);
+      if (result) return result;
+      child.kill("SIGKILL");
+      return exitPromise;
+    },
+    async ready(port) {
+      const deadline = Date.now() + STARTUP_DEADLINE_MS;
+      while (!(await canConnect(port))) {
+        if (exited || Date.now() > deadline) {
+          throw new Error(`${label} did not start on port ${port} (${JSON.stringify(exited)}):\n${log}`);
+        }
+        await sleep(50);
+      }
+    },
+  };
+}
+
+/** A real redis-server of its own on a free loopback port, keeping nothing on disk. */
+export async function startRedis() {
+  const port = await freePort();
+  const redis = spawnHelper(
+    "redis-server",
+    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    "redis-server",
+  );
+  await redis.ready(port);
+  redis.port = port;
+  redis.url = `redis://127.0.0.1:${port}/0`;
+  return redis;
+}
+
+/** The repo's nginx config (deploy/nginx.conf), the compose host names replaced by voxio's
+ * loopback ports, its own port, pid and temporary paths; run in the foreground. */
+export async function startNginx(upstreamPorts) {
+  const { mkdtemp, readFile, writeFile } = await import("node:fs/promises");
+  const os = await import("node:os");
+  const dir = await mkdtemp(path.join(os.tmpdir(), "voxio-nginx-"));
+  const port = await freePort();
+  let conf = await readFile(path.resolve(HERE, "../../deploy/nginx.conf"), "utf8");
+  const replace = (from, to) => {
+    if (!conf.includes(from)) throw new Error(`deploy/nginx.conf no longer has ${JSON.stringify(from)}`);
+    conf = conf.split(from).join(to);
+  };
+  replace("server voxio1:8080", `server 127.0.0.1:${upstreamPorts[0]}`);
+  replace("server voxio2:8080", `server 127.0.0.1:${upstreamPorts[1]}`);
+  replace("listen 80;", `listen 127.0.0.1:${port};`);
+  replace("/tmp/nginx-voxio", `${dir}/nginx-voxio`);
+  replace("worker_processes auto;", "worker_processes 1;");
+  const file = path.join(dir, "nginx.conf");
+  await writeFile(file, conf);
+  const nginx = spawnHelper("nginx", ["-p", dir, "-c", file, "-g", "daemon off;"], "nginx");
+  await nginx.ready(port);
+  nginx.port = port;
+  nginx.url = `http://127.0.0.1:${port}`;
+  return nginx;
+}
+
+/** GET /metrics: a Map from `name{labels}` (as written) to its value. */
+export async function scrapeMetrics(httpUrl) {
+  const res = await fetch(httpUrl + "/metrics", { signal: AbortSignal.timeout(5000) });
+  if (res.status !== 200) throw new Error(`/metrics answered ${res.status}`);
+  const map = new Map();
+  for (const line of (await res.text()).split("\n")) {
+    if (!line || line.startsWith("#")) continue;
+    const at = line.lastIndexOf(" ");
+    map.set(line.slice(0, at), Number(line.slice(at + 1)));
+  }
+  return map;
 }

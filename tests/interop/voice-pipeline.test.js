@@ -19,12 +19,13 @@ import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { mkdtemp, rm, readFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import { io } from "socket.io-client";
 import { startVoxioServer, bounded, sleep, toBuffer } from "./helpers.js";
+import { flite, readWav } from "./speech.js";
 
 const execFileP = promisify(execFile);
 
@@ -75,10 +76,6 @@ function tmpFile(name) {
   return path.join(TMP, `${String(fileCounter).padStart(3, "0")}-${name.replace(/[^a-z0-9]+/gi, "_")}.wav`);
 }
 
-async function flite(voice, text, file) {
-  await execFileP("flite", ["-voice", voice, "-t", text, "-o", file], { timeout: 20_000 });
-}
-
 async function espeak(text, file) {
   const raw = file.replace(/\.wav$/, ".raw.wav");
   await execFileP("espeak-ng", ["-v", "en-us", "-w", raw, text], { timeout: 20_000 });
@@ -89,39 +86,6 @@ async function sox(input, output, rate, channels) {
   await execFileP("sox", [input, "-r", String(rate), "-c", String(channels), "-b", "16", output], {
     timeout: 20_000,
   });
-}
-
-/** The PCM16 samples of a WAV file: { pcm, rate, channels }, found by its "data" chunk. */
-async function readWav(file) {
-  const buf = await readFile(file);
-  assert.ok(
-    buf.length >= 12 && buf.toString("ascii", 0, 4) === "RIFF" && buf.toString("ascii", 8, 12) === "WAVE",
-    `${file} is not a WAV`,
-  );
-  let fmt = null;
-  for (let off = 12; off + 8 <= buf.length; ) {
-    const id = buf.toString("ascii", off, off + 4);
-    const size = buf.readUInt32LE(off + 4);
-    const body = off + 8;
-    if (id === "fmt ") {
-      fmt = {
-        format: buf.readUInt16LE(body),
-        channels: buf.readUInt16LE(body + 2),
-        rate: buf.readUInt32LE(body + 4),
-        bits: buf.readUInt16LE(body + 14),
-      };
-    } else if (id === "data") {
-      assert.ok(fmt, `${file}: "fmt " chunk before "data"`);
-      assert.ok(fmt.format === 1 || fmt.format === 0xfffe, `${file}: PCM (format ${fmt.format})`);
-      assert.equal(fmt.bits, 16, `${file}: 16-bit samples`);
-      const end = Math.min(body + size, buf.length);
-      const frame = 2 * fmt.channels;
-      const pcm = Buffer.from(buf.subarray(body, body + Math.floor((end - body) / frame) * frame));
-      return { pcm, rate: fmt.rate, channels: fmt.channels };
-    }
-    off = body + size + (size & 1);
-  }
-  throw new Error(`${file}: no "data" chunk`);
 }
 
 /**

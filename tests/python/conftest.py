@@ -1,4 +1,5 @@
-"""Starts `voxio protocol-test` for the python-socketio interop tests.
+"""Starts `voxio protocol-test` (and, for the metrics tests, the voxio app) for the
+python-socketio interop tests.
 
 The binary is $VOXIO_BIN, or ../../target/debug/voxio relative to this file. The server runs
 once per test session on a free port of 127.0.0.1; its output goes to a temporary file whose
@@ -39,14 +40,30 @@ def _accepts(port):
         return False
 
 
+APP_PIN = "482915"
+
+
 class Server:
-    def __init__(self, port):
+    def __init__(self, port, app=False):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = tempfile.NamedTemporaryFile(prefix="voxio-py-", suffix=".log", delete=False)
-        env = dict(os.environ, NO_COLOR="1")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VOXIO_")}
+        env["NO_COLOR"] = "1"
+        if app:
+            # The voxio app itself, with the voice pipeline off: audio is acked and dropped.
+            args = [VOXIO_BIN]
+            env.update(
+                VOXIO_BIND=f"127.0.0.1:{port}",
+                VOXIO_PIN=APP_PIN,
+                VOXIO_PIPELINE="none",
+                VOXIO_STATIC_DIR=os.path.join(HERE, "..", "..", "static"),
+                VOXIO_WORKERS="2",
+            )
+        else:
+            args = [VOXIO_BIN, "protocol-test", "--port", str(port)]
         self.proc = subprocess.Popen(
-            [VOXIO_BIN, "protocol-test", "--port", str(port)],
+            args,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -90,7 +107,7 @@ class Server:
         os.unlink(self.log.name)
 
 
-def _start(attempts=3):
+def _start(attempts=3, app=False):
     if not os.access(VOXIO_BIN, os.X_OK):
         raise RuntimeError(f"voxio binary not found at {VOXIO_BIN} (build it, or set VOXIO_BIN)")
     error = None
@@ -98,7 +115,7 @@ def _start(attempts=3):
         # A port taken between the probe and the bind, or the binary being replaced by a
         # build ("Text file busy"), fails one attempt only.
         try:
-            server = Server(_free_port())
+            server = Server(_free_port(), app=app)
         except OSError as e:
             error = e
             time.sleep(0.5)
@@ -120,6 +137,19 @@ def voxio_url():
     _server = server
     try:
         yield server.url
+    finally:
+        _server = None
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def voxio_app():
+    """A running voxio app (pipeline off, PIN `APP_PIN`), one per test module."""
+    global _server
+    server = _start(app=True)
+    _server = server
+    try:
+        yield server
     finally:
         _server = None
         server.stop()
