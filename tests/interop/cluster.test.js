@@ -152,7 +152,9 @@ describe("voxio cluster: Redis adapter, nginx, node loss", { timeout: 90_000 }, 
           await rec.next("connect");
           await rec.next("authenticated");
           await waitWebsocket(socket);
-          const ack = await audioAck(socket);
+          const ack = await audioAck(socket).catch((e) => {
+            throw new Error(`client ${i}: ${e.message} (${rec.state()}, disconnects ${JSON.stringify(rec.items.get("disconnect"))})`);
+          });
           assert.equal(ack.seq, 1, `client ${i}: first ack over WebSocket`);
         }
 
@@ -174,11 +176,23 @@ describe("voxio cluster: Redis adapter, nginx, node loss", { timeout: 90_000 }, 
         const survivor = nodes[1 - victim];
         const moved = counts[victim];
         const before = clients.map(({ rec }) => rec.count("connect"));
+        const dropped = clients.map(({ rec }) => rec.count("disconnect"));
         const gone = await nodes[victim].kill("SIGKILL");
         assert.equal(gone.signal, "SIGKILL", "the node was killed");
 
         // Its clients see the transport close and reconnect through nginx to the survivor.
         const deadline = Date.now() + 20_000;
+        const closed = () => clients.filter(({ rec }, i) => rec.count("disconnect") > dropped[i]).length;
+        while (closed() < moved) {
+          assert.ok(Date.now() < deadline, `${closed()} of the dead node's ${moved} clients saw the close`);
+          await sleep(20);
+        }
+        for (const [i, { rec }] of clients.entries()) {
+          if (rec.count("disconnect") > dropped[i]) {
+            const [reason] = await rec.next("disconnect");
+            assert.equal(reason, "transport close", `client ${i}: why it was disconnected`);
+          }
+        }
         for (const [i, { socket, rec }] of clients.entries()) {
           // Connected on a WebSocket, and authenticated by every CONNECT (auth rides in it).
           while (!(socket.connected && socket.io.engine?.transport?.name === "websocket" && rec.count("authenticated") === rec.count("connect"))) {
