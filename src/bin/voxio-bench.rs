@@ -212,68 +212,296 @@ struct ClientResult {
     disconnected: bool,
 }
 
-async fn stream_client(
-    mut ws: Ws,
-    rate: u32,
-    chunk: Bytes,
-    until: Instant,
-    start_at: Instant,
-) -> ClientResult {
-    let mut result = ClientResult::default();
-    let ring = 4096usize;
-    let mut sent_at = vec![Instant::now(); ring];
-    let mut next_id: u64 = 1;
-    let mut last_acked: u64 = 0;
-    let period = Duration::from_secs(1) / rate.max(1);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::from_std(start_at), period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let drain_until = until + Duration::from_secs(2);
-    loop {
-        tokio::select! {
-            _ = ticks.tick(), if Instant::now() < until => {
-                let id = next_id;
-                next_id += 1;
-                sent_at[(id as usize) % ring] = Instant::now();
-                let header = format!(r#"451-/voice,{id}["audio",{{"_placeholder":true,"num":0}}]"#);
-                if ws.feed(Message::text(header)).await.is_err() || ws.send(Message::Binary(chunk.clone())).await.is_err() {
-                    result.disconnected = true;
-                    break;
-                }
-                result.sent += 1;
-            }
-            frame = ws.next() => {
-                match frame {
-                    Some(Ok(Message::Text(t))) => {
-                        let t = t.as_str();
-                        if let Some(rest) = t.strip_prefix("43/voice,") {
-                            let id: u64 = rest.split('[').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-                            let rtt = sent_at[(id as usize) % ring].elapsed();
-                            result.rtts_us.push(rtt.as_micros().min(u32::MAX as u128) as u32);
-                            result.acked += 1;
-                            if id != last_acked + 1 {
-                                result.out_of_order += 1;
-                            }
-                            last_acked = id;
-                        } else if t == "2" && ws.send(Message::text("3")).await.is_err() {
-                            result.disconnected = true;
-                            break;
+/// Appends a client WebSocket frame header: FIN, `opcode`, and the mask bit with an all-zero
+/// key. RFC 6455 lets the client pick any key and the server must unmask with it; a zero key
+/// leaves the payload as it is, so no per-frame masking work (the usual load-generator trick).
+fn client_frame_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= usize::from(u16::MAX) {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&[0, 0, 0, 0]);
+}
+
+/// One streaming client's state, shared by the one sender loop and the client's reader task
+/// (all on one thread).
+struct Client {
+    write: tokio::net::tcp::OwnedWriteHalf,
+    /// Bytes the socket did not take yet (the server is not reading): sent first next time.
+    pending: Vec<u8>,
+    /// The next chunk's frames, rebuilt in place for each chunk (no allocation per chunk).
+    scratch: Vec<u8>,
+    sent_at: Vec<Instant>,
+    next_id: u64,
+    last_acked: u64,
+    result: ClientResult,
+    done: bool,
+}
+
+/// Most bytes a client may have waiting for its socket before it counts as disconnected.
+const MAX_PENDING: usize = 1 << 20;
+/// Send times remembered per client (acks older than this many chunks are not timed).
+const RING: usize = 4096;
+
+impl Client {
+    /// Writes `bytes` now if the socket takes them (never waits); keeps the rest.
+    fn write_now(&mut self, bytes: &[u8]) {
+        if self.done {
+            return;
+        }
+        let mut offset = 0;
+        if self.pending.is_empty() {
+            loop {
+                match self.write.try_write(&bytes[offset..]) {
+                    Ok(n) => {
+                        offset += n;
+                        if offset == bytes.len() {
+                            return;
                         }
                     }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        result.disconnected = Instant::now() < until;
-                        break;
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        self.done = true;
+                        self.result.disconnected = true;
+                        return;
                     }
-                    Some(Ok(_)) => {}
                 }
             }
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(drain_until)) => break,
         }
-        if Instant::now() >= until && result.acked >= result.sent {
+        self.pending.extend_from_slice(&bytes[offset..]);
+        if self.pending.len() > MAX_PENDING {
+            self.done = true;
+            self.result.disconnected = true;
+        }
+    }
+
+    /// Tries to send what the socket did not take before.
+    fn flush(&mut self) {
+        while !self.pending.is_empty() && !self.done {
+            match self.write.try_write(&self.pending) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.done = true;
+                    self.result.disconnected = true;
+                }
+            }
+        }
+    }
+
+    /// Sends the next chunk: the BINARY_EVENT header and its attachment, one write.
+    fn send_chunk(&mut self, chunk: &[u8]) {
+        use std::io::Write;
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let mut text = [0u8; 96];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        let _ = write!(
+            cursor,
+            r#"451-/voice,{id}["audio",{{"_placeholder":true,"num":0}}]"#
+        );
+        let len = cursor.position() as usize;
+        client_frame_header(&mut scratch, 0x1, len);
+        scratch.extend_from_slice(&text[..len]);
+        client_frame_header(&mut scratch, 0x2, chunk.len());
+        scratch.extend_from_slice(chunk);
+        self.sent_at[(id as usize) % RING] = Instant::now();
+        self.write_now(&scratch);
+        self.scratch = scratch;
+        self.result.sent += 1;
+    }
+
+    /// A text message from the server.
+    fn on_text(&mut self, text: &[u8]) {
+        if let Some(rest) = text.strip_prefix(b"43/voice,") {
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            let id: u64 = std::str::from_utf8(&rest[..digits])
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let rtt = self.sent_at[(id as usize) % RING].elapsed();
+            self.result
+                .rtts_us
+                .push(rtt.as_micros().min(u128::from(u32::MAX)) as u32);
+            self.result.acked += 1;
+            if id != self.last_acked + 1 {
+                self.result.out_of_order += 1;
+            }
+            self.last_acked = id;
+        } else if text == b"2" {
+            let mut pong = Vec::with_capacity(7);
+            client_frame_header(&mut pong, 0x1, 1);
+            pong.push(b'3');
+            self.write_now(&pong);
+        }
+    }
+}
+
+/// Reads one client's socket until it closes or `stop` is set: server frames (never masked),
+/// several per read when they came together.
+async fn read_client(
+    client: std::rc::Rc<std::cell::RefCell<Client>>,
+    mut read: tokio::net::tcp::OwnedReadHalf,
+    until: Instant,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut chunk = [0u8; 4096];
+    let drain_until = until + Duration::from_secs(2);
+    loop {
+        {
+            let c = client.borrow();
+            if c.done || (Instant::now() >= until && c.result.acked >= c.result.sent) {
+                break;
+            }
+        }
+        let n = match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(drain_until),
+            read.read(&mut chunk),
+        )
+        .await
+        {
+            Err(_) => break,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                let mut c = client.borrow_mut();
+                c.result.disconnected = Instant::now() < until;
+                c.done = true;
+                break;
+            }
+            Ok(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        let mut c = client.borrow_mut();
+        while let Some((opcode, start, end)) = parse_server_frame(&buf[at..]) {
+            match opcode {
+                0x1 => c.on_text(&buf[at + start..at + end]),
+                0x8 => {
+                    c.result.disconnected = Instant::now() < until;
+                    c.done = true;
+                }
+                _ => {}
+            }
+            at += end;
+        }
+        buf.drain(..at);
+    }
+}
+
+/// A complete unmasked server frame at the start of `buf`: (opcode, payload start, end).
+fn parse_server_frame(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let opcode = buf[0] & 0x0f;
+    let (len, start): (usize, usize) = match buf[1] & 0x7f {
+        126 => (
+            usize::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])),
+            4,
+        ),
+        127 => {
+            let bytes: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            (u64::from_be_bytes(bytes) as usize, 10)
+        }
+        n => (usize::from(n), 2),
+    };
+    let end = start.checked_add(len)?;
+    (buf.len() >= end).then_some((opcode, start, end))
+}
+
+/// Streams from every client: one loop sends every due chunk (client `k % n` for the k-th
+/// chunk overall, so the clients are spread evenly over each period), waking once a
+/// millisecond at most; each client's reader is a task. No timer per client, one write per
+/// chunk.
+async fn stream_all(
+    sockets: Vec<Ws>,
+    rate: u32,
+    chunk: Bytes,
+    start: Instant,
+    until: Instant,
+) -> Vec<ClientResult> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let n = sockets.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut clients = Vec::with_capacity(n);
+    let mut readers = Vec::with_capacity(n);
+    for ws in sockets {
+        let (read, write) = ws.into_inner().into_split();
+        let client = Rc::new(RefCell::new(Client {
+            write,
+            pending: Vec::new(),
+            scratch: Vec::with_capacity(chunk.len() + 128),
+            sent_at: vec![start; RING],
+            next_id: 1,
+            last_acked: 0,
+            result: ClientResult::default(),
+            done: false,
+        }));
+        readers.push(tokio::task::spawn_local(read_client(
+            client.clone(),
+            read,
+            until,
+        )));
+        clients.push(client);
+    }
+    let per_second = f64::from(rate) * n as f64;
+    let mut due_sent: u64 = 0;
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::from_std(start),
+        Duration::from_millis(1),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let now = Instant::now().min(until);
+        let due = (now.saturating_duration_since(start).as_secs_f64() * per_second) as u64;
+        for c in &clients {
+            let mut c = c.borrow_mut();
+            if !c.pending.is_empty() {
+                c.flush();
+            }
+        }
+        while due_sent < due {
+            let mut c = clients[(due_sent % n as u64) as usize].borrow_mut();
+            c.send_chunk(&chunk);
+            due_sent += 1;
+        }
+        if Instant::now() >= until {
             break;
         }
     }
-    let _ = ws.close(None).await;
-    result
+    // Whatever the sockets did not take yet goes out while the acks drain.
+    let drain_until = until + Duration::from_secs(2);
+    while Instant::now() < drain_until
+        && clients
+            .iter()
+            .any(|c| !c.borrow().pending.is_empty() && !c.borrow().done)
+    {
+        tick.tick().await;
+        for c in &clients {
+            c.borrow_mut().flush();
+        }
+    }
+    futures_util::future::join_all(readers).await;
+    clients
+        .into_iter()
+        .map(|c| match Rc::try_unwrap(c) {
+            Ok(cell) => cell.into_inner().result,
+            Err(shared) => std::mem::take(&mut shared.borrow_mut().result),
+        })
+        .collect()
 }
 
 #[derive(Serialize, serde::Deserialize)]
@@ -607,25 +835,16 @@ fn main() {
                 let until = start + Duration::from_secs(seconds);
                 let cpu_before = pid.map(cpu_seconds);
                 let own_before = cpu_seconds(me);
-                let period = Duration::from_secs(1) / rate.max(1);
                 let local = tokio::task::LocalSet::new();
-                let handles: Vec<_> = sockets
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, ws)| {
-                        let offset = period * (i as u32 % 1000) / 1000u32.min(connected.max(1) as u32);
-                        local.spawn_local(stream_client(ws, rate, chunk.clone(), until, start + offset))
-                    })
-                    .collect();
                 let results = local
-                    .run_until(async { futures_util::future::join_all(handles).await })
+                    .run_until(stream_all(sockets, rate, chunk, start, until))
                     .await;
                 let elapsed = seconds as f64;
                 let cpu = cpu_before.zip(pid.map(cpu_seconds)).map(|(a, b)| b - a);
                 let own = cpu_seconds(me) - own_before;
                 let mut rtts = Vec::new();
                 let (mut sent, mut acked, mut out_of_order, mut disconnects) = (0, 0, 0, 0);
-                for r in results.into_iter().flatten() {
+                for r in results {
                     sent += r.sent;
                     acked += r.acked;
                     out_of_order += r.out_of_order;

@@ -210,8 +210,14 @@ fn preflight() -> HttpResponse {
 }
 
 fn handshake(req: &HttpRequest, transport: TransportKind) -> Handshake {
+    // A copy sized to the headers present: the request's own map is sized for parsing (a
+    // clone of it kept ~6.5 KiB per idle connection).
+    let mut headers = actix_web::http::header::HeaderMap::with_capacity(req.headers().len());
+    for (name, value) in req.headers() {
+        headers.append(name.clone(), value.clone());
+    }
     Handshake {
-        headers: req.headers().clone(),
+        headers,
         peer: req.peer_addr(),
         query: req.query_string().to_owned(),
         transport,
