@@ -57,6 +57,7 @@ async fn main() -> std::io::Result<()> {
             // `Voxio::drain`), and only then stops the HTTP server.
             let mut server =
                 HttpServer::new(move || App::new().wrap(app.sessions()).configure(app.configure()))
+                    .on_connect(no_delay)
                     .disable_signals()
                     .shutdown_timeout(2);
             if args.workers > 0 {
@@ -120,6 +121,17 @@ fn healthcheck(bind: SocketAddr, timeout: std::time::Duration) -> std::io::Resul
             "answered {:?}",
             line.lines().next().unwrap_or("")
         )))
+    }
+}
+
+/// Turns Nagle's algorithm off on every accepted connection: an ack or an event is a small
+/// write that must leave at once, not wait for the peer's ACK of the previous one (with Nagle
+/// on, a reply split over two writes waited up to one audio chunk period, 20 ms).
+fn no_delay(connection: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {
+    if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY not set: {e}");
+        }
     }
 }
 
