@@ -83,6 +83,10 @@ fn describe() {
         "Audio chunks dropped because a pipeline's inbox was full"
     );
     describe_counter!("voxio_voice_turns_total", "Voice turns started");
+    describe_counter!(
+        "voxio_voice_stt_dropped_total",
+        "Audio batches a speech-to-text decoder could not take (it fell 12 s behind)"
+    );
     describe_histogram!(
         "voxio_voice_stage_seconds",
         Unit::Seconds,
@@ -174,6 +178,11 @@ pub(crate) static VOICE: LazyLock<VoiceMetrics> = LazyLock::new(|| VoiceMetrics 
     dropped: counter!("voxio_voice_audio_dropped_total"),
     turns: counter!("voxio_voice_turns_total"),
 });
+
+/// Counts an audio batch a speech-to-text decoder could not take.
+pub(crate) fn stt_dropped() {
+    counter!("voxio_voice_stt_dropped_total").increment(1);
+}
 
 /// Records one voice stage's latency.
 pub(crate) fn voice_stage(stage: &'static str, seconds: f64) {

@@ -200,9 +200,12 @@ struct SphinxStream {
 impl SphinxStream {
     fn send(&mut self, command: Command) {
         if let Some(worker) = &self.worker {
-            // A decoder that has fallen 12 s behind drops audio rather than grow a queue.
-            if let Err(TrySendError::Disconnected(_)) = worker.try_send(command) {
-                self.worker = None;
+            // A decoder that has fallen 12 s behind drops audio rather than grow a queue; the
+            // drop is counted (voxio_voice_stt_dropped_total).
+            match worker.try_send(command) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => crate::telemetry::stt_dropped(),
+                Err(TrySendError::Disconnected(_)) => self.worker = None,
             }
         }
     }

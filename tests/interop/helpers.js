@@ -151,79 +151,27 @@ async function startWithRetries(spec, attempts) {
 }
 
 async function startOnPort({ args, env }, port) {
-  const log = new LogBuffer();
-  const child = spawn(VOXIO_BIN, args, {
-    stdio: ["ignore", "pipe", "pipe"],
-    env,
-  });
-  child.stdout.on("data", (c) => log.push("stdout", c));
-  child.stderr.on("data", (c) => log.push("stderr", c));
-
-  let exited = null;
-  const exitPromise = new Promise((resolve) => {
-    child.once("exit", (code, signal) => {
-      exited = { code, signal };
-      resolve(exited);
-    });
-    child.once("error", (err) => {
-      exited = { error: err };
-      resolve(exited);
-    });
-  });
-
-  // Never leave the server behind if the test process ends abruptly.
-  const killOnExit = () => {
-    if (!exited) child.kill("SIGKILL");
-  };
-  process.once("exit", killOnExit);
-
-  const stop = async () => {
-    process.removeListener("exit", killOnExit);
-    if (exited) return exited;
-    child.kill("SIGTERM");
-    const result = await Promise.race([exitPromise, sleep(STOP_DEADLINE_MS).then(() => null)]);
-    if (result) return result;
-    child.kill("SIGKILL");
-    return exitPromise;
-  };
-
-  const deadline = Date.now() + STARTUP_DEADLINE_MS;
-  for (;;) {
-    if (exited) {
-      await stop();
-      throw new Error(
-        `voxio exited during startup (${JSON.stringify(exited)}) on port ${port}; output:\n${log}`,
-      );
-    }
-    if (await canConnect(port)) break;
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(
-        `voxio did not accept connections on port ${port} within ${STARTUP_DEADLINE_MS} ms; output:\n${log}`,
-      );
-    }
-    await sleep(50);
+  const proc = spawnHelper(VOXIO_BIN, args, "voxio", env);
+  try {
+    await proc.ready(port);
+  } catch (err) {
+    await proc.stop();
+    throw err;
   }
-
   return {
     port,
     httpUrl: `http://127.0.0.1:${port}`,
     wsUrl: `ws://127.0.0.1:${port}`,
-    log: () => log.toString(),
+    log: proc.log,
     printLog(reason) {
       process.stderr.write(
-        `\n===== voxio output (port ${port}) after failure: ${reason} =====\n${log}\n===== end of voxio output =====\n`,
+        `\n===== voxio output (port ${port}) after failure: ${reason} =====\n${proc.log()}\n===== end of voxio output =====\n`,
       );
     },
-    stop,
-    /** Sends `signal` to the process and waits for it to exit: { code, signal }. */
-    async kill(signal) {
-      process.removeListener("exit", killOnExit);
-      if (!exited) child.kill(signal);
-      return exitPromise;
-    },
+    stop: proc.stop,
+    kill: proc.kill,
     get exited() {
-      return exited;
+      return proc.exited;
     },
   };
 }
@@ -476,10 +424,16 @@ export function waitWebsocket(socket, ms = 10_000) {
   });
 }
 
-/** Spawns a long-running helper process; `stop()` ends it (SIGTERM, then SIGKILL). */
-function spawnHelper(cmd, args, label) {
+/**
+ * Spawns a long-running process (voxio, redis-server, nginx) whose output is kept for failure
+ * reports and which is killed if the test process ends abruptly. `ready(port)` waits until it
+ * accepts TCP connections (or fails with its output if it exits or takes too long); `stop()`
+ * ends it (SIGTERM, then SIGKILL after a deadline); `kill(signal)` sends one signal and waits
+ * for the exit, { code, signal }.
+ */
+function spawnHelper(cmd, args, label, env = process.env) {
   const log = new LogBuffer();
-  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env });
   child.stdout.on("data", (c) => log.push("stdout", c));
   child.stderr.on("data", (c) => log.push("stderr", c));
   let exited = null;
@@ -505,11 +459,19 @@ function spawnHelper(cmd, args, label) {
       child.kill("SIGKILL");
       return exitPromise;
     },
+    async kill(signal) {
+      process.removeListener("exit", killOnExit);
+      if (!exited) child.kill(signal);
+      return exitPromise;
+    },
     async ready(port) {
       const deadline = Date.now() + STARTUP_DEADLINE_MS;
       while (!(await canConnect(port))) {
         if (exited || Date.now() > deadline) {
-          throw new Error(`${label} did not start on port ${port} (${JSON.stringify(exited)}):\n${log}`);
+          throw new Error(
+            `${label} did not accept connections on port ${port} within ${STARTUP_DEADLINE_MS} ms ` +
+              `(exit: ${JSON.stringify(exited)}); output:\n${log}`,
+          );
         }
         await sleep(50);
       }
