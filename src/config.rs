@@ -177,6 +177,10 @@ pub struct ServerArgs {
     /// Audio chunks a pipeline queues before dropping the oldest.
     #[arg(long, env = "VOXIO_AUDIO_QUEUE", default_value_t = 256)]
     pub audio_queue: usize,
+    /// Reverse proxies (addresses or networks, comma-separated) whose `X-Forwarded-For` names
+    /// the client, for the per-address PIN backoff. Empty: the peer address is the client.
+    #[arg(long, env = "VOXIO_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
     /// Milliseconds between this node's heartbeats to the others on Redis.
     #[arg(long, env = "VOXIO_CLUSTER_HEARTBEAT_MS", default_value_t = 2_000)]
     pub cluster_heartbeat_ms: u64,

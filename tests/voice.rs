@@ -303,6 +303,7 @@ async fn a_slow_pipeline_drops_oldest_audio_counts_it_and_stays_healthy() {
         policy: Default::default(),
         tokens: voxio::web::auth::TokenSigner::new(b"k", Duration::from_secs(60)),
         revoked: voxio::web::auth::Revocations::memory(),
+        proxies: Default::default(),
     });
     let api = voxio::voice::openai::OpenAi {
         base_url: "http://127.0.0.1:9".into(),

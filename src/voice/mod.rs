@@ -29,6 +29,7 @@ use crate::telemetry;
 use crate::web::auth::{
     AttemptLimiter, Backoff, BackoffPolicy, Pin, Refusal, Revocations, TokenSigner,
 };
+use crate::web::proxy::TrustedProxies;
 use pipeline::{Pipeline, PipelineHandle, Stages};
 
 /// The namespace's name.
@@ -46,6 +47,8 @@ pub struct VoiceAuth {
     pub tokens: TokenSigner,
     /// Logins that logged out.
     pub revoked: Revocations,
+    /// Proxies whose `X-Forwarded-For` names the client (for the per-address backoff).
+    pub proxies: TrustedProxies,
 }
 
 /// A socket's proof of authentication, kept in its extensions.
@@ -159,7 +162,10 @@ impl VoiceAuth {
             };
         }
         if let Ok(PinAuth { pin }) = PinAuth::deserialize(auth) {
-            let key = client_key(req.handshake.peer.map(|p| p.ip()));
+            let key = client_key(
+                self.proxies
+                    .client_ip(req.handshake.peer.map(|p| p.ip()), &req.handshake.headers),
+            );
             return match self.check_pin(&key, &pin).await {
                 Ok(()) => {
                     req.extensions.insert(Authenticated {
@@ -411,7 +417,11 @@ fn authenticate(voice: Arc<Voice>, socket: Socket, event: Event) {
         let body = auth_error("bad_request", "Send {pin} to authenticate.", Duration::ZERO);
         return reply(&socket, event.ack, "auth_error", body);
     };
-    let key = client_key(socket.handshake().peer.map(|p| p.ip()));
+    let handshake = socket.handshake();
+    let key = client_key(
+        auth.proxies
+            .client_ip(handshake.peer.map(|p| p.ip()), &handshake.headers),
+    );
     let ack = event.ack;
     actix_rt::spawn(async move {
         match auth.check_pin(&key, &pin).await {

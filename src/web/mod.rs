@@ -8,6 +8,7 @@
 //! Sec-Fetch-Site). Sessions never touch realtime traffic (see [`session`]).
 
 pub mod auth;
+pub mod proxy;
 pub mod session;
 
 use std::net::IpAddr;
@@ -142,7 +143,10 @@ impl Voxio {
             "default" => Some(Arc::new(stages(args)?)),
             other => anyhow::bail!("VOXIO_PIPELINE must be default or none, not {other:?}"),
         };
+        let proxies =
+            proxy::TrustedProxies::parse(&args.trusted_proxies).map_err(|e| anyhow::anyhow!(e))?;
         let auth = Arc::new(VoiceAuth {
+            proxies,
             pin,
             limiter,
             policy,
@@ -484,8 +488,11 @@ struct LoginForm {
     pin: String,
 }
 
-fn peer_ip(req: &HttpRequest) -> Option<IpAddr> {
-    req.peer_addr().map(|a| a.ip())
+/// The client's address (behind a trusted proxy: the one it forwarded).
+fn peer_ip(req: &HttpRequest, app: &Voxio) -> Option<IpAddr> {
+    app.auth
+        .proxies
+        .client_ip(req.peer_addr().map(|a| a.ip()), req.headers())
 }
 
 async fn login(
@@ -514,7 +521,9 @@ async fn login(
     };
     let key = format!(
         "ip:{}",
-        peer_ip(&req).map(|ip| ip.to_string()).unwrap_or_default()
+        peer_ip(&req, &app)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default()
     );
     match app.auth.limiter.check(&key).await {
         Ok(()) => {}

@@ -7,7 +7,9 @@
 //      spreads them) complete their upgrade to WebSocket and stream audio with acks;
 //   3. killing (SIGKILL) the node most of them are on: they reconnect through nginx to the
 //      other node, authenticate again and go on streaming; the surviving node forgets the
-//      dead one.
+//      dead one;
+//   4. behind nginx (a trusted proxy), wrong PINs back off the client's own address only, not
+//      every client behind the proxy.
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
@@ -38,6 +40,9 @@ before(async () => {
     VOXIO_CLUSTER_HEARTBEAT_MS: "200",
     VOXIO_CLUSTER_NODE_TIMEOUT_MS: "1000",
     VOXIO_PIPELINE: "none",
+    VOXIO_TRUSTED_PROXIES: "127.0.0.1",
+    VOXIO_PIN_FREE_ATTEMPTS: "1",
+    VOXIO_PIN_BACKOFF_MS: "30000",
   };
   nodes = [await startVoxioServer({ env }), await startVoxioServer({ env })];
   nginx = await startNginx(nodes.map((n) => n.port));
@@ -211,4 +216,32 @@ describe("voxio cluster: Redis adapter, nginx, node loss", { timeout: 90_000 }, 
         for (const { socket } of clients) socket.disconnect();
       }
     });
+
+  test("behind nginx, wrong PINs back off only the client that sent them", { timeout: 20_000 }, async () => {
+    const via = (localAddress, pin) =>
+      connect(nginx.url, {
+        auth: { pin },
+        transports: ["websocket"],
+        agent: new http.Agent({ localAddress }),
+        localAddress,
+        reconnection: false,
+      });
+    const refusals = [];
+    for (let i = 0; i < 3; i++) {
+      const bad = via("127.0.0.50", "000000");
+      const [err] = await bad.rec.next("connect_error");
+      refusals.push(err.data?.code);
+      bad.socket.disconnect();
+    }
+    // One free attempt, then each failure starts a backoff (30 s): the third try is refused.
+    assert.deepEqual(refusals, ["invalid_pin", "invalid_pin", "rate_limited"], "the guessing client backs off");
+    // Another client behind the same proxy is not held back by the first one's failures.
+    const good = via("127.0.0.51", nodes[0].pin);
+    try {
+      await good.rec.next("connect");
+      await good.rec.next("authenticated");
+    } finally {
+      good.socket.disconnect();
+    }
+  });
 });
