@@ -7,13 +7,16 @@
 #      tarball under target/image/ and unpacked fresh every run), in which
 #      runtime_stage.py runs the Dockerfile's runtime stage step by step, starts the
 #      entrypoint as the image's user and checks it serves (see that file).
-# Needs root (debootstrap, chroot, mount). Run by scripts/test.
+# The root-only steps (debootstrap, chroot, mount) go through sudo when not run as root.
+# Run by scripts/test.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 WORK="$REPO/target/image"
 VENV="$HERE/.venv"
 MIRROR="${VOXIO_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 echo "image: hadolint Dockerfile"
 if ! cmp -s "$HERE/requirements.txt" "$VENV/.requirements.txt"; then
@@ -31,24 +34,31 @@ mkdir -p "$WORK"
 PRISTINE="$WORK/bookworm-minbase.tar"
 if [ ! -s "$PRISTINE" ]; then
   echo "image: debootstrap bookworm (once; cached as $PRISTINE)"
-  rm -rf "$WORK/pristine"
-  debootstrap --variant=minbase bookworm "$WORK/pristine" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
+  $SUDO rm -rf "$WORK/pristine"
+  $SUDO debootstrap --variant=minbase bookworm "$WORK/pristine" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
     || { tail -20 "$WORK/debootstrap.log"; exit 1; }
-  tar -C "$WORK/pristine" -cf "$PRISTINE.part" . && mv "$PRISTINE.part" "$PRISTINE"
-  rm -rf "$WORK/pristine"
+  $SUDO tar -C "$WORK/pristine" -cf "$PRISTINE.part" . && $SUDO mv "$PRISTINE.part" "$PRISTINE"
+  $SUDO rm -rf "$WORK/pristine"
 fi
 
 ROOT="$WORK/root"
 cleanup() {
-  umount "$ROOT/proc" 2>/dev/null || true
-  umount "$ROOT/dev" 2>/dev/null || true
+  $SUDO umount "$ROOT/proc" 2>/dev/null || true
 }
 trap cleanup EXIT
 cleanup
-rm -rf "$ROOT"
-mkdir -p "$ROOT"
-tar -C "$ROOT" -xf "$PRISTINE"
-cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
-mount -t proc proc "$ROOT/proc"
-mount --bind /dev "$ROOT/dev"
-python3 "$HERE/runtime_stage.py" "$REPO" "$ROOT"
+# Never delete through a mount that is still there. (The host's /dev is not bind-mounted: the
+# device nodes debootstrap made in the root are enough, and a root left behind by a killed run
+# must be safe to delete with rm -rf.)
+for m in proc; do
+  if mountpoint -q "$ROOT/$m" 2>/dev/null; then
+    echo "image: $ROOT/$m is still mounted; not removing $ROOT" >&2
+    exit 1
+  fi
+done
+$SUDO rm -rf --one-file-system "$ROOT"
+$SUDO mkdir -p "$ROOT"
+$SUDO tar -C "$ROOT" -xf "$PRISTINE"
+$SUDO cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+$SUDO mount -t proc proc "$ROOT/proc"
+$SUDO python3 "$HERE/runtime_stage.py" "$REPO" "$ROOT"

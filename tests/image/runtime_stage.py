@@ -173,10 +173,12 @@ def main():
                 status, body = get(base + "/healthz", timeout=1)
                 break
             except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
+                code = proc.poll()
+                if code is not None or time.monotonic() > deadline:
                     log.flush()
                     print(open(log.name).read())
-                    sys.exit("voxio did not serve /healthz in the image root")
+                    why = f"exited with status {code}" if code is not None else "30 s passed"
+                    sys.exit(f"voxio did not serve /healthz in the image root: {why}")
                 time.sleep(0.2)
         assert (status, body) == (200, b"ok"), (status, body)
         status, body = get(base + "/readyz")

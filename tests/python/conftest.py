@@ -59,6 +59,12 @@ class Server:
                 VOXIO_PIPELINE="none",
                 VOXIO_STATIC_DIR=os.path.join(HERE, "..", "..", "static"),
                 VOXIO_WORKERS="2",
+                # Short heartbeats: python-engineio's polling client can leave without sending
+                # its Engine.IO CLOSE (its write loop stops once disconnect() flips its state,
+                # even with the CLOSE still queued), and such a session is ended by the ping
+                # timeout; the metrics test waits for every session to end.
+                VOXIO_PING_INTERVAL_MS="1000",
+                VOXIO_PING_TIMEOUT_MS="1000",
             )
         else:
             args = [VOXIO_BIN, "protocol-test", "--port", str(port)]

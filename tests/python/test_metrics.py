@@ -79,7 +79,8 @@ def test_metrics_parse_and_count_every_transport(voxio_app):
         )
     bad.disconnect()
 
-    # Sessions close asynchronously after the clients leave.
+    # Sessions close asynchronously after the clients leave; a polling client that left
+    # without its CLOSE is ended by the (short, see conftest) ping timeout.
     deadline = time.monotonic() + TIMEOUT
     while True:
         after = scrape(url)
