@@ -84,6 +84,10 @@ fn describe() {
     );
     describe_counter!("voxio_voice_turns_total", "Voice turns started");
     describe_counter!(
+        "voxio_voice_pipeline_moves_total",
+        "Voice pipelines moved to the thread of their connection (after an upgrade)"
+    );
+    describe_counter!(
         "voxio_voice_stt_dropped_total",
         "Audio batches a speech-to-text decoder could not take (it fell 12 s behind)"
     );
@@ -171,12 +175,14 @@ pub(crate) struct VoiceMetrics {
     pub chunks: Counter,
     pub dropped: Counter,
     pub turns: Counter,
+    pub moves: Counter,
 }
 
 pub(crate) static VOICE: LazyLock<VoiceMetrics> = LazyLock::new(|| VoiceMetrics {
     chunks: counter!("voxio_voice_audio_chunks_total"),
     dropped: counter!("voxio_voice_audio_dropped_total"),
     turns: counter!("voxio_voice_turns_total"),
+    moves: counter!("voxio_voice_pipeline_moves_total"),
 });
 
 /// Counts an audio batch a speech-to-text decoder could not take.

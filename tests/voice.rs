@@ -293,8 +293,14 @@ fn slow_vad() -> Box<dyn Vad> {
     Box::new(SlowVad)
 }
 
-#[actix_rt::test]
-async fn a_slow_pipeline_drops_oldest_audio_counts_it_and_stays_healthy() {
+/// A server with `/voice` on remote providers that are never reached (the turns in these
+/// tests never get to speech-to-text), the given VAD and inbox size, and whatever else
+/// `more` declares on the Socket.IO server.
+fn voice_server(
+    vad: fn() -> Box<dyn Vad>,
+    inbox: usize,
+    more: impl FnOnce(&SocketIo),
+) -> TestServer {
     use voxio::voice::*;
     let io = SocketIo::new(SocketIoConfig::default());
     let auth = Arc::new(VoiceAuth {
@@ -318,9 +324,9 @@ async fn a_slow_pipeline_drops_oldest_audio_counts_it_and_stays_healthy() {
         }),
         assistant: Arc::new(assistant::TodoAssistant::default()),
         tts: Arc::new(tts::ProcessTts::flite()),
-        inbox: 16,
+        inbox,
         lead: Duration::from_millis(300),
-        vad: slow_vad,
+        vad,
     };
     namespace(
         &io,
@@ -330,11 +336,17 @@ async fn a_slow_pipeline_drops_oldest_audio_counts_it_and_stays_healthy() {
             pipelines: Pipelines::default(),
         }),
     );
+    more(&io);
     let config = EngineConfig {
         origins: OriginPolicy::Any,
         ..EngineConfig::default()
     };
-    let server = TestServer::serve(Engine::new(config, io.engine_handler()), "/socket.io/");
+    TestServer::serve(Engine::new(config, io.engine_handler()), "/socket.io/")
+}
+
+#[actix_rt::test]
+async fn a_slow_pipeline_drops_oldest_audio_counts_it_and_stays_healthy() {
+    let server = voice_server(slow_vad, 16, |_| {});
     let mut conn = voice_connect(server.addr).await;
     let pcm = vec![0u8; 640 * 400];
     stream(&mut conn, &pcm, Some(1)).await;
@@ -443,4 +455,124 @@ async fn a_disconnect_while_speaking_leaves_no_speech_process() {
         );
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The name of the thread that last scored a frame: the thread the pipeline runs on.
+static VAD_THREAD: Mutex<Option<String>> = Mutex::new(None);
+
+struct WhereVad;
+
+impl Vad for WhereVad {
+    fn score(&mut self, _: &Frame) -> f32 {
+        *VAD_THREAD.lock().unwrap() = std::thread::current().name().map(str::to_owned);
+        0.0
+    }
+    fn reset(&mut self) {}
+}
+
+fn where_vad() -> Box<dyn Vad> {
+    Box::new(WhereVad)
+}
+
+/// The thread name in the ack `43/where,{id}["..."]` among Engine.IO packets.
+fn where_ack<'a>(packets: impl IntoIterator<Item = &'a str>, id: u64) -> Option<String> {
+    let prefix = format!("43/where,{id}");
+    packets.into_iter().find_map(|p| {
+        let json: Value = serde_json::from_str(p.strip_prefix(&prefix)?).ok()?;
+        Some(json[0].as_str()?.to_owned())
+    })
+}
+
+#[actix_rt::test]
+async fn a_pipeline_moves_to_the_thread_of_the_websocket_its_session_upgraded_to() {
+    // `/where` acks the name of the thread its handler ran on: the thread of the connection
+    // that carried the event (one Engine.IO session carries both namespaces).
+    let server = voice_server(where_vad, 256, |io| {
+        io.namespace("/where", |ns| {
+            ns.on("where", |_, event| {
+                if let Some(ack) = event.ack {
+                    let _ = ack.send(json!(std::thread::current().name()));
+                }
+            });
+        });
+    });
+    let client = client();
+    // Two workers: a WebSocket on its own TCP connection lands on either. Sessions until one
+    // upgraded onto the other worker than the one polling authenticated on.
+    let mut moved = false;
+    for _ in 0..12 {
+        let (sid, _) = open_polling(&client, &server).await;
+        let url = server.url(&format!("transport=polling&sid={sid}"));
+        let sent = post(
+            &client,
+            &url,
+            "40/voice,{\"pin\":\"2468\"}\u{1e}40/where,\u{1e}42/where,1[\"where\"]",
+        )
+        .await;
+        assert_eq!(sent.status, 200);
+        let mut polled = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let polling_thread = loop {
+            assert!(Instant::now() < deadline, "no ack from /where: {polled}");
+            polled.push('\u{1e}');
+            polled.push_str(get(&client, &url).await.text());
+            if let Some(name) = where_ack(polled.split('\u{1e}'), 1) {
+                break name;
+            }
+        };
+        assert!(polled.contains("session.ready"), "authenticated: {polled}");
+
+        let mut conn = ws_connect(&server.ws_url(&format!("transport=websocket&sid={sid}"))).await;
+        ws_send(&mut conn, "2probe").await;
+        assert_eq!(ws_text(&mut conn).await, "3probe");
+        ws_send(&mut conn, "5").await;
+        ws_send(&mut conn, "42/where,2[\"where\"]").await;
+        let ws_thread = loop {
+            let text = ws_text(&mut conn).await;
+
+            if let Some(name) = where_ack([text.as_str()], 2) {
+                break name;
+            }
+        };
+        // Audio over the WebSocket, every chunk acked in order.
+        let pcm = vec![0u8; 640 * 50];
+        stream(&mut conn, &pcm, Some(3)).await;
+        let mut next = 3;
+        while next < 53 {
+            match ws_next(&mut conn).await {
+                Some(ws::Frame::Text(t)) if t.starts_with(b"43/voice,") => {
+                    let t = std::str::from_utf8(&t).unwrap();
+                    let id: u64 = t["43/voice,".len()..t.find('[').unwrap()].parse().unwrap();
+                    assert_eq!(id, next, "acks in order");
+                    next += 1;
+                }
+                Some(ws::Frame::Text(t)) if &t[..] == b"2" => ws_send(&mut conn, "3").await,
+                Some(_) => {}
+                None => panic!("connection closed"),
+            }
+        }
+        // The pipeline scores the last chunks on the WebSocket's thread.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let vad = VAD_THREAD.lock().unwrap().clone();
+            if vad.as_deref() == Some(ws_thread.as_str()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pipeline on {vad:?}, its connection on {ws_thread} (polling was on {polling_thread})"
+            );
+            stream(&mut conn, &pcm[..640], None).await;
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        moved |= polling_thread != ws_thread;
+        let _ = conn.close().await;
+        if moved {
+            break;
+        }
+    }
+    assert!(
+        moved,
+        "no session upgraded onto the other worker in 12 tries"
+    );
 }

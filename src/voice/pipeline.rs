@@ -1,5 +1,8 @@
 //! The voice-pipeline actor: one per authenticated `/voice` socket, created on the worker
-//! thread of the connection that authenticated it.
+//! thread of the connection that authenticated it, and kept on the thread of the connection
+//! that carries its audio: when a session upgrades from polling to a WebSocket accepted by
+//! another worker, the first chunk that arrives there asks the pipeline to move, and it does so
+//! between turns (its state moves whole; nothing in flight is lost).
 //!
 //! Audio chunks reach it through a bounded inbox (drop-oldest, drops counted) with one wake-up
 //! message per batch, not per chunk. Frames go through VAD and turn-taking on the actor;
@@ -10,7 +13,7 @@
 
 use crate::telemetry::{self, VOICE};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -77,10 +80,42 @@ impl Inbox {
     }
 }
 
+/// A key for the calling thread, cheap enough to take per chunk: the address of a
+/// thread-local.
+fn thread_key() -> usize {
+    thread_local!(static KEY: u8 = const { 0 });
+    KEY.with(|k| k as *const u8 as usize)
+}
+
+/// Where a pipeline runs: its actor's address and thread. Replaced, under the lock, when the
+/// pipeline moves.
+struct Home {
+    addr: Mutex<actix::Addr<Pipeline>>,
+    thread: AtomicUsize,
+    /// A move was asked for and is not done.
+    moving: AtomicBool,
+}
+
+impl Home {
+    fn send<M>(&self, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Pipeline: Handler<M>,
+    {
+        // Sent under the lock: a message sent after a move reaches the new actor, and one
+        // sent before it is forwarded by the old one.
+        self.addr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .do_send(msg);
+    }
+}
+
 /// The connection's way into its pipeline.
 #[derive(Clone)]
 pub struct PipelineHandle {
-    addr: actix::Addr<Pipeline>,
+    home: Arc<Home>,
     inbox: Arc<Inbox>,
     format: Arc<Mutex<AudioFormat>>,
     busy: Arc<AtomicBool>,
@@ -106,34 +141,52 @@ impl PipelineHandle {
             !self.inbox.scheduled.swap(true, Ordering::AcqRel)
         };
         if wake {
-            self.addr.do_send(Wake);
+            self.home.send(Wake);
+        }
+        self.follow();
+    }
+
+    /// Asks the pipeline to move to this thread if it runs on another: the audio's connection
+    /// is here (a WebSocket that took over from polling on another worker), and a pipeline on
+    /// another thread costs a cross-thread wake-up per batch. Per chunk this is a thread-local
+    /// address and an atomic load.
+    fn follow(&self) {
+        let here = thread_key();
+        if self.home.thread.load(Ordering::Acquire) == here
+            || self.home.moving.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        // Not on an actix arbiter (no worker to move to): stay, and do not ask again.
+        if let Some(to) = actix_rt::Arbiter::try_current() {
+            self.home.send(Relocate { to, thread: here });
         }
     }
 
     /// A new stream format (`audio.start`).
     pub fn start(&self, format: AudioFormat) {
         *self.format.lock().unwrap_or_else(|e| e.into_inner()) = format;
-        self.addr.do_send(Control::Start(format));
+        self.home.send(Control::Start(format));
     }
 
     /// The stream ended (`audio.stop`).
     pub fn stop(&self) {
-        self.addr.do_send(Control::Stop);
+        self.home.send(Control::Stop);
     }
 
     /// How much of the assistant's speech the client has played.
     pub fn played(&self, ms: u64) {
-        self.addr.do_send(Control::Played(ms));
+        self.home.send(Control::Played(ms));
     }
 
     /// Typed input instead of speech.
     pub fn text(&self, text: String) {
-        self.addr.do_send(Control::Text(text));
+        self.home.send(Control::Text(text));
     }
 
     /// The socket left: stop, releasing the decoder and any speech process.
     pub fn shutdown(&self) {
-        self.addr.do_send(Control::Shutdown);
+        self.home.send(Control::Shutdown);
     }
 
     /// Chunks dropped so far.
@@ -151,6 +204,17 @@ impl PipelineHandle {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Wake;
+
+/// Move to the arbiter `to`, whose thread is `thread`, at the first moment between turns.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Relocate {
+    to: actix_rt::ArbiterHandle,
+    thread: usize,
+}
+
+/// How long a pipeline that moved forwards what was sent to it before the move.
+const FORWARD_AFTER_MOVE: Duration = Duration::from_secs(2);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -246,12 +310,23 @@ pub struct Pipeline {
     history: Vec<Line>,
     played_ms: u64,
     busy: Arc<AtomicBool>,
+    home: Arc<Home>,
+    /// A move asked for and waiting for the turn to end.
+    relocation: Option<Relocate>,
+    /// The pipeline moved there: this actor only forwards, then stops.
+    moved: Option<actix::Addr<Pipeline>>,
 }
 
 impl Pipeline {
     /// Starts a pipeline for `socket` on the current worker thread.
     pub fn start(socket: Socket, user: String, stages: Arc<Stages>) -> PipelineHandle {
         let inbox = Arc::new(Inbox::new(stages.inbox));
+        let ctx = Context::new();
+        let home = Arc::new(Home {
+            addr: Mutex::new(ctx.address()),
+            thread: AtomicUsize::new(thread_key()),
+            moving: AtomicBool::new(false),
+        });
         let pipeline = Pipeline {
             socket,
             user,
@@ -268,11 +343,15 @@ impl Pipeline {
             history: Vec::new(),
             played_ms: 0,
             busy: Arc::new(AtomicBool::new(false)),
+            home: home.clone(),
+            relocation: None,
+            moved: None,
             stages,
         };
         let busy = pipeline.busy.clone();
+        ctx.run(pipeline);
         PipelineHandle {
-            addr: pipeline.start(),
+            home,
             inbox,
             format: Arc::new(Mutex::new(AudioFormat::default())),
             busy,
@@ -574,6 +653,9 @@ impl Pipeline {
     /// Handles up to [`CHUNKS_PER_WAKE`] chunks, then yields to the thread's other tasks (a
     /// timer, not a notification: those run before anything else gets a turn).
     fn drain(&mut self, ctx: &mut Context<Self>) {
+        if let Some(next) = &self.moved {
+            return next.do_send(Wake);
+        }
         for _ in 0..CHUNKS_PER_WAKE {
             let chunk = {
                 let mut chunks = self.inbox.chunks.lock().unwrap_or_else(|e| e.into_inner());
@@ -584,7 +666,9 @@ impl Pipeline {
                 }
                 chunk
             };
-            let Some(chunk) = chunk else { return };
+            let Some(chunk) = chunk else {
+                return self.try_relocate(ctx);
+            };
             let mut frames = std::mem::take(&mut self.frames);
             self.converter.push(&chunk, |f| frames.push(*f));
             for frame in &frames {
@@ -597,10 +681,82 @@ impl Pipeline {
     }
 }
 
+impl Handler<Relocate> for Pipeline {
+    type Result = ();
+
+    fn handle(&mut self, relocate: Relocate, ctx: &mut Context<Self>) {
+        if let Some(next) = &self.moved {
+            return next.do_send(relocate);
+        }
+        self.relocation = Some(relocate);
+        self.try_relocate(ctx);
+    }
+}
+
+impl Pipeline {
+    /// Between turns nothing is in flight on this actor's context (no decoder stream whose
+    /// sink names this actor, no answer being streamed, synthesized or paced).
+    fn between_turns(&self) -> bool {
+        self.stt.is_none() && self.answer.is_none() && !self.busy.load(Ordering::Acquire)
+    }
+
+    /// Moves, if a move is wanted and this is a moment between turns: the state goes whole to
+    /// a new actor on the target thread, which takes over the inbox and the handle; this one
+    /// forwards what was sent to it before the switch, then stops.
+    fn try_relocate(&mut self, ctx: &mut Context<Self>) {
+        if self.relocation.is_none() || !self.between_turns() {
+            return;
+        }
+        let Some(Relocate { to, thread }) = self.relocation.take() else {
+            return;
+        };
+        let stages = self.stages.clone();
+        let successor = Pipeline {
+            socket: self.socket.clone(),
+            user: self.user.clone(),
+            inbox: self.inbox.clone(),
+            converter: std::mem::replace(
+                &mut self.converter,
+                Converter::new(AudioFormat::default()),
+            ),
+            vad: std::mem::replace(&mut self.vad, (stages.vad)()),
+            turns: std::mem::replace(&mut self.turns, Turns::new(stages.turn)),
+            frames: Vec::with_capacity(64),
+            stt: None,
+            turn: self.turn,
+            times: self.times,
+            answer: None,
+            answers: self.answers,
+            history: std::mem::take(&mut self.history),
+            played_ms: self.played_ms,
+            busy: self.busy.clone(),
+            home: self.home.clone(),
+            relocation: None,
+            moved: None,
+            stages,
+        };
+        let next = Pipeline::start_in_arbiter(&to, move |_| successor);
+        {
+            let mut addr = self.home.addr.lock().unwrap_or_else(|e| e.into_inner());
+            *addr = next.clone();
+            self.home.thread.store(thread, Ordering::Release);
+        }
+        self.home.moving.store(false, Ordering::Release);
+        // Whatever the inbox holds (its wake-up may have come here) is the new actor's now.
+        next.do_send(Wake);
+        self.moved = Some(next);
+        VOICE.moves.increment(1);
+        ctx.run_later(FORWARD_AFTER_MOVE, |_, ctx| ctx.stop());
+    }
+}
+
 impl Handler<Control> for Pipeline {
     type Result = ();
 
     fn handle(&mut self, control: Control, ctx: &mut Context<Self>) {
+        if let Some(next) = &self.moved {
+            return next.do_send(control);
+        }
         match control {
             Control::Start(format) => {
                 self.converter = Converter::new(format);
@@ -629,6 +785,9 @@ impl Handler<AnswerEvent> for Pipeline {
     type Result = ();
 
     fn handle(&mut self, msg: AnswerEvent, ctx: &mut Context<Self>) {
+        if let Some(next) = &self.moved {
+            return next.do_send(msg);
+        }
         let Some(answer) = self.answer.as_mut().filter(|a| a.id == msg.id) else {
             return;
         };
@@ -674,6 +833,9 @@ impl Handler<Transcript> for Pipeline {
     type Result = ();
 
     fn handle(&mut self, msg: Transcript, ctx: &mut Context<Self>) {
+        if let Some(next) = &self.moved {
+            return next.do_send(msg);
+        }
         if msg.turn != self.turn {
             return;
         }

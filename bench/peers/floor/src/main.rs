@@ -8,7 +8,7 @@
 //! heartbeat, no limits, no JSON parser. What it costs per 1,000 acks is what the kernel and
 //! the runtime cost on this machine, the bound under any real server's number.
 //!
-//!     voxio-peer-floor PORT      (PIN from the environment, default 2468)
+//!     voxio-peer-floor PORT      (PIN from the environment, default 2468; FLOOR_THREADS, 2)
 
 use std::io::Write;
 
@@ -20,8 +20,26 @@ use tokio::net::{TcpListener, TcpStream};
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const OPEN: &str = r#"0{"sid":"floor","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}"#;
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    // Two worker threads, as voxio on two cores; FLOOR_THREADS=1 for one thread doing all.
+    let threads = std::env::var("FLOOR_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_io()
+            .build()
+    };
+    runtime.expect("runtime").block_on(serve_port());
+}
+
+async fn serve_port() {
     let port: u16 = std::env::args()
         .nth(1)
         .and_then(|p| p.parse().ok())
