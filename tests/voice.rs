@@ -196,6 +196,25 @@ async fn stream(conn: &mut WsConn, pcm: &[u8], ack_from: Option<u64>) {
     }
 }
 
+/// The next `audio` ack, `43/voice,{id}[{...}]`: its id and its payload. Answers Engine.IO
+/// pings and skips other frames on the way.
+async fn next_audio_ack(conn: &mut WsConn) -> (u64, Value) {
+    loop {
+        match ws_next(conn).await {
+            Some(ws::Frame::Text(t)) if t.starts_with(b"43/voice,") => {
+                let t = std::str::from_utf8(&t).unwrap();
+                let open = t.find('[').unwrap();
+                let id: u64 = t["43/voice,".len()..open].parse().unwrap();
+                let ack: Value = serde_json::from_str(&t[open..]).unwrap();
+                return (id, ack[0].clone());
+            }
+            Some(ws::Frame::Text(t)) if &t[..] == b"2" => ws_send(conn, "3").await,
+            Some(_) => {}
+            None => panic!("connection closed"),
+        }
+    }
+}
+
 fn names(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(n, _)| n.as_str()).collect()
 }
@@ -356,20 +375,11 @@ async fn a_slow_pipeline_drops_oldest_audio_counts_it_and_stays_healthy() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while next <= 400 {
         assert!(Instant::now() < deadline, "acks stopped at {next}");
-        match ws_next(&mut conn).await {
-            Some(ws::Frame::Text(t)) if t.starts_with(b"43/voice,") => {
-                let t = std::str::from_utf8(&t).unwrap();
-                let id: u64 = t["43/voice,".len()..t.find('[').unwrap()].parse().unwrap();
-                assert_eq!(id, next, "acks in order");
-                let ack: Value = serde_json::from_str(&t[t.find('[').unwrap()..]).unwrap();
-                assert_eq!(ack[0]["seq"], next);
-                dropped = ack[0]["dropped"].as_u64().unwrap();
-                next += 1;
-            }
-            Some(ws::Frame::Text(t)) if &t[..] == b"2" => ws_send(&mut conn, "3").await,
-            Some(_) => {}
-            None => panic!("connection closed"),
-        }
+        let (id, ack) = next_audio_ack(&mut conn).await;
+        assert_eq!(id, next, "acks in order");
+        assert_eq!(ack["seq"], next);
+        dropped = ack["dropped"].as_u64().unwrap();
+        next += 1;
     }
     assert!(
         dropped > 0,
@@ -529,7 +539,6 @@ async fn a_pipeline_moves_to_the_thread_of_the_websocket_its_session_upgraded_to
         ws_send(&mut conn, "42/where,2[\"where\"]").await;
         let ws_thread = loop {
             let text = ws_text(&mut conn).await;
-
             if let Some(name) = where_ack([text.as_str()], 2) {
                 break name;
             }
@@ -537,19 +546,9 @@ async fn a_pipeline_moves_to_the_thread_of_the_websocket_its_session_upgraded_to
         // Audio over the WebSocket, every chunk acked in order.
         let pcm = vec![0u8; 640 * 50];
         stream(&mut conn, &pcm, Some(3)).await;
-        let mut next = 3;
-        while next < 53 {
-            match ws_next(&mut conn).await {
-                Some(ws::Frame::Text(t)) if t.starts_with(b"43/voice,") => {
-                    let t = std::str::from_utf8(&t).unwrap();
-                    let id: u64 = t["43/voice,".len()..t.find('[').unwrap()].parse().unwrap();
-                    assert_eq!(id, next, "acks in order");
-                    next += 1;
-                }
-                Some(ws::Frame::Text(t)) if &t[..] == b"2" => ws_send(&mut conn, "3").await,
-                Some(_) => {}
-                None => panic!("connection closed"),
-            }
+        for next in 3..53 {
+            let (id, _) = next_audio_ack(&mut conn).await;
+            assert_eq!(id, next, "acks in order");
         }
         // The pipeline scores the last chunks on the WebSocket's thread.
         let deadline = Instant::now() + Duration::from_secs(5);

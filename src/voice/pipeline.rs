@@ -704,7 +704,7 @@ impl Pipeline {
     /// a new actor on the target thread, which takes over the inbox and the handle; this one
     /// forwards what was sent to it before the switch, then stops.
     fn try_relocate(&mut self, ctx: &mut Context<Self>) {
-        if self.relocation.is_none() || !self.between_turns() {
+        if !self.between_turns() {
             return;
         }
         let Some(Relocate { to, thread }) = self.relocation.take() else {

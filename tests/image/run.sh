@@ -50,12 +50,10 @@ cleanup
 # Never delete through a mount that is still there. (The host's /dev is not bind-mounted: the
 # device nodes debootstrap made in the root are enough, and a root left behind by a killed run
 # must be safe to delete with rm -rf.)
-for m in proc; do
-  if mountpoint -q "$ROOT/$m" 2>/dev/null; then
-    echo "image: $ROOT/$m is still mounted; not removing $ROOT" >&2
-    exit 1
-  fi
-done
+if mountpoint -q "$ROOT/proc" 2>/dev/null; then
+  echo "image: $ROOT/proc is still mounted; not removing $ROOT" >&2
+  exit 1
+fi
 $SUDO rm -rf --one-file-system "$ROOT"
 $SUDO mkdir -p "$ROOT"
 $SUDO tar -C "$ROOT" -xf "$PRISTINE"
