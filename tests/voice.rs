@@ -346,6 +346,7 @@ fn voice_server(
         inbox,
         lead: Duration::from_millis(300),
         vad,
+        models: Vec::new(),
     };
     namespace(
         &io,

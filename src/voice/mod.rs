@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod stt;
 pub mod tts;
 pub mod turn;
+pub mod whisper;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;

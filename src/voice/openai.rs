@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::assistant::{AnswerStream, Assistant, AssistantEvent, Line, Role};
+use super::assistant::{AnswerStream, Assistant, AssistantEvent, Line, Role, Said, NOT_HEARD};
 use super::audio::RATE;
 use super::stt::{SpeechToText, SttEvent, SttSink, SttStream};
 use super::tts::{parse_wav, Synthesis, TextToSpeech};
@@ -162,7 +162,7 @@ impl SttStream for RemoteSttStream {
             }
             .await;
             sink(match result {
-                Ok(text) => SttEvent::Final(text),
+                Ok(text) => SttEvent::certain(text),
                 Err(message) => SttEvent::Failed(message),
             });
         });
@@ -182,7 +182,12 @@ pub struct RemoteAssistant {
 }
 
 impl Assistant for RemoteAssistant {
-    fn answer(&self, _user: &str, history: &[Line], text: &str) -> AnswerStream {
+    fn answer(&self, _user: &str, history: &[Line], said: &Said<'_>) -> AnswerStream {
+        let text = said.text;
+        if text.trim().is_empty() {
+            let sorry = AssistantEvent::Delta(NOT_HEARD.to_owned());
+            return Box::pin(futures_util::stream::iter([Ok(sorry)]));
+        }
         let mut messages = vec![json!({"role": "system", "content": self.system})];
         // The history already ends with the user's line for this turn.
         for line in history {

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use futures_util::StreamExt;
 
-use super::assistant::{Assistant, AssistantEvent, Line, Role, Sentences};
+use super::assistant::{AnswerStream, Assistant, AssistantEvent, Line, Role, Said, Sentences};
 use super::audio::{AudioFormat, Converter, Frame};
 use super::stt::{SpeechToText, SttEvent, SttStream};
 use super::tts::{Speech, TextToSpeech};
@@ -49,6 +49,22 @@ pub struct Stages {
     pub lead: Duration,
     /// Makes each pipeline's VAD (earshot by default).
     pub vad: fn() -> Box<dyn Vad>,
+    /// The speech models the stages looked for, for `/readyz`.
+    pub models: Vec<ModelState>,
+}
+
+/// Whether a speech model was found and loaded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelState {
+    /// The model's name (its directory or file under `VOXIO_MODELS_DIR`).
+    pub name: &'static str,
+    /// What it does.
+    pub role: &'static str,
+    /// Loaded and in use.
+    pub loaded: bool,
+    /// Why not, and what is used instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// earshot, boxed: the default for [`Stages::vad`].
@@ -242,6 +258,9 @@ struct TurnTimes {
     replied: Option<Instant>,
 }
 
+/// What a turn that could not be transcribed hears.
+pub const BUSY_APOLOGY: &str = "Sorry, I am busy with others right now. Please say that again.";
+
 /// Lines of conversation kept for the assistant.
 const HISTORY: usize = 20;
 
@@ -379,6 +398,18 @@ impl Pipeline {
                     stt.push(frame);
                 }
             }
+            Step::Pause => {
+                if let Some(stt) = &mut self.stt {
+                    stt.push(frame);
+                    stt.pause();
+                }
+            }
+            Step::Resume => {
+                if let Some(stt) = &mut self.stt {
+                    stt.resume();
+                    stt.push(frame);
+                }
+            }
             Step::Stopped => self.speech_stopped(),
         }
     }
@@ -398,7 +429,7 @@ impl Pipeline {
             ..TurnTimes::default()
         };
         let (addr, turn) = (ctx.address(), self.turn);
-        let sink = Box::new(move |event| addr.do_send(Transcript { turn, event }));
+        let sink = Arc::new(move |event| addr.do_send(Transcript { turn, event }));
         self.stt = self.stages.stt.start(sink);
         if self.stt.is_none() {
             self.emit("error", json!({"code": "stt_busy", "message": "Speech recognition is busy; this turn is not transcribed."}));
@@ -421,18 +452,31 @@ impl Pipeline {
         }
     }
 
-    /// Starts answering `text`: the assistant's stream is forwarded to this actor, tagged so
-    /// that a cancelled answer's leftovers are ignored.
-    fn respond(&mut self, text: &str, ctx: &mut Context<Self>) {
-        self.stop_answer(ctx, "replaced");
-        self.set_busy(true);
-        self.remember(Role::User, text.to_owned());
-        self.answers += 1;
-        let id = self.answers;
-        let mut stream = self
+    /// Starts answering what the user said.
+    fn respond(&mut self, said: Said<'_>, ctx: &mut Context<Self>) {
+        if !said.text.is_empty() {
+            self.remember(Role::User, said.text.to_owned());
+        }
+        let stream = self
             .stages
             .assistant
-            .answer(&self.user, &self.history, text);
+            .answer(&self.user, &self.history, &said);
+        self.answer_with(stream, ctx);
+    }
+
+    /// Says `text` without asking the assistant (the user's words never reached it).
+    fn say(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let delta = Ok(AssistantEvent::Delta(text.to_owned()));
+        self.answer_with(Box::pin(futures_util::stream::iter([delta])), ctx);
+    }
+
+    /// Starts giving an answer: `stream` is forwarded to this actor, tagged so that a
+    /// cancelled answer's leftovers are ignored.
+    fn answer_with(&mut self, mut stream: AnswerStream, ctx: &mut Context<Self>) {
+        self.stop_answer(ctx, "replaced");
+        self.set_busy(true);
+        self.answers += 1;
+        let id = self.answers;
         let addr = ctx.address();
         let task = actix_rt::spawn(async move {
             while let Some(event) = stream.next().await {
@@ -774,7 +818,7 @@ impl Handler<Control> for Pipeline {
                     final_at: Some(Instant::now()),
                     ..TurnTimes::default()
                 };
-                self.respond(&text, ctx);
+                self.respond(Said::certain(&text), ctx);
             }
             Control::Shutdown => ctx.stop(),
         }
@@ -841,18 +885,30 @@ impl Handler<Transcript> for Pipeline {
         }
         match msg.event {
             SttEvent::Partial(text) => self.emit("transcript.partial", json!({ "text": text })),
-            SttEvent::Final(text) => {
+            SttEvent::Final { text, confidence } => {
                 self.times.final_at = Some(Instant::now());
                 self.emit("transcript.final", json!({ "text": text }));
-                if !text.is_empty() {
-                    self.respond(&text, ctx);
-                } else {
-                    self.set_busy(self.answer.is_some());
-                }
+                // An empty transcript (speech recognition refused what it heard) is answered
+                // too: the user spoke and hears that it was not understood.
+                self.respond(
+                    Said {
+                        text: &text,
+                        confidence,
+                    },
+                    ctx,
+                );
             }
             SttEvent::Failed(message) => {
                 self.emit("error", json!({"code": "stt_failed", "message": message}));
                 self.set_busy(self.answer.is_some());
+            }
+            SttEvent::Busy => {
+                telemetry::stt_busy();
+                self.emit(
+                    "error",
+                    json!({"code": "busy", "message": "Too many people are speaking at once; this turn was not transcribed."}),
+                );
+                self.say(BUSY_APOLOGY, ctx);
             }
         }
     }

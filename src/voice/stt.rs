@@ -1,31 +1,61 @@
 //! Speech to text.
 //!
-//! The offline default is pocketsphinx (Debian's library and `pocketsphinx-en-us` model) in a
-//! pool of dedicated threads, each holding a decoder made at start (it is not `Send`, and takes
-//! a quarter of a second to create). A turn borrows one decoder for its length and gives it
-//! back at the end, whatever ends it. Audio goes to the decoder thread in batches of ~100 ms,
-//! not per frame. Each utterance is decoded with the assistant's command grammar first; if the
-//! grammar finds nothing, the utterance is decoded again with the general language model.
+//! The offline default is Whisper ([`WhisperStt`]): every turn's audio is kept on its pipeline
+//! and decoded whole, in order, by one Whisper queue that all talkers share (see
+//! [`super::whisper`]). A decode starts speculatively when the user pauses, so that its result
+//! is ready when the turn is declared over, and is thrown away if the user goes on. When the
+//! queue is full the turn is told so ([`SttEvent::Busy`]), never given an empty transcript.
+//!
+//! Partial transcripts come from pocketsphinx (Debian's library and `pocketsphinx-en-us`
+//! model) with its general language model, in a pool of dedicated threads, each holding a
+//! decoder made at start (it is not `Send`, and takes a quarter of a second to create). A turn
+//! borrows one for its length if one is free; if none is, the turn has no partials and loses
+//! nothing else. Audio goes to the decoder thread in batches of ~100 ms, not per frame.
+//!
+//! Without a Whisper model (the classic fallback), pocketsphinx gives the final transcript
+//! too: each utterance is decoded with the assistant's command grammar first, and again with
+//! the general language model if the grammar finds nothing.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::whisper::{self, DecodeQueue, Refused, Transcription};
+
 /// What a speech-to-text stream reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SttEvent {
     /// The words so far.
     Partial(String),
-    /// The turn's transcript.
-    Final(String),
+    /// The turn's transcript (empty when nothing was said), and how sure the engine is of
+    /// it, from 0 to 1.
+    Final {
+        /// The words.
+        text: String,
+        /// The engine's confidence.
+        confidence: f32,
+    },
     /// The stage failed; the turn has no transcript.
     Failed(String),
+    /// Too many turns are waiting to be transcribed: this one was not.
+    Busy,
+}
+
+impl SttEvent {
+    /// A final transcript the engine has no measure of confidence for.
+    pub fn certain(text: String) -> SttEvent {
+        SttEvent::Final {
+            text,
+            confidence: 1.0,
+        }
+    }
 }
 
 /// Where a stream's events go (the pipeline actor's address, in practice).
-pub type SttSink = Box<dyn Fn(SttEvent) + Send>;
+pub type SttSink = Arc<dyn Fn(SttEvent) + Send + Sync>;
 
 /// A speech-to-text engine.
 pub trait SpeechToText: Send + Sync {
@@ -61,6 +91,11 @@ pub trait SttStream: Send {
     fn finish(self: Box<Self>);
     /// The turn was abandoned: no final.
     fn cancel(self: Box<Self>);
+    /// The user has paused long enough that the turn may be over: a good moment to start
+    /// transcribing what was said so far.
+    fn pause(&mut self) {}
+    /// The user spoke again after [`SttStream::pause`]: what was started then is stale.
+    fn resume(&mut self) {}
 }
 
 /// Where Debian puts the en-us model.
@@ -122,6 +157,15 @@ enum Command {
 /// Commands a worker may have waiting (each a ~100 ms batch): ~12 s of audio.
 const WORKER_QUEUE: usize = 128;
 
+/// What a pool's decoders are for.
+#[derive(Debug, Clone)]
+pub enum SphinxRole {
+    /// Partials and finals: the command grammar (JSGF) first, the general model after.
+    Transcripts(String),
+    /// Partials only, from the general model: the final comes from elsewhere.
+    Partials,
+}
+
 /// The pool of pocketsphinx decoders.
 pub struct SphinxPool {
     idle: Arc<Mutex<Vec<SyncSender<Command>>>>,
@@ -129,22 +173,18 @@ pub struct SphinxPool {
 }
 
 impl SphinxPool {
-    /// Starts `size` decoder threads with `grammar` (JSGF) and waits until they are warm.
-    pub fn start(model: &SphinxModel, grammar: &str, size: usize) -> Result<SphinxPool, String> {
+    /// Starts `size` decoder threads for `role` and waits until they are warm.
+    pub fn start(model: &SphinxModel, role: SphinxRole, size: usize) -> Result<SphinxPool, String> {
         model.check()?;
         let idle = Arc::new(Mutex::new(Vec::with_capacity(size)));
         let (ready_tx, ready_rx) = mpsc::channel();
         for n in 0..size.max(1) {
             let (me, rx) = mpsc::sync_channel(WORKER_QUEUE);
-            let (model, grammar, ready, idle) = (
-                model.clone(),
-                grammar.to_owned(),
-                ready_tx.clone(),
-                idle.clone(),
-            );
+            let (model, role, ready, idle) =
+                (model.clone(), role.clone(), ready_tx.clone(), idle.clone());
             std::thread::Builder::new()
                 .name(format!("voxio-stt-{n}"))
-                .spawn(move || worker(model, grammar, rx, ready, idle, me))
+                .spawn(move || worker(model, role, rx, ready, idle, me))
                 .map_err(|e| e.to_string())?;
         }
         drop(ready_tx);
@@ -256,14 +296,11 @@ impl Drop for SphinxStream {
 const GRAMMAR_SEARCH: &str = "commands";
 const LM_SEARCH: &str = "general";
 
-fn worker(
-    model: SphinxModel,
-    grammar: String,
-    commands: Receiver<Command>,
-    ready: mpsc::Sender<Result<(), String>>,
-    idle: Arc<Mutex<Vec<SyncSender<Command>>>>,
-    me: SyncSender<Command>,
-) {
+/// A decoder with the general language model and, given one, the command grammar.
+fn sphinx_decoder(
+    model: &SphinxModel,
+    grammar: Option<&str>,
+) -> Result<pocketsphinx::PsDecoder, String> {
     use pocketsphinx::PsDecoderSearchExt as _;
     let (hmm, lm, dict) = (
         model.hmm.to_string_lossy().into_owned(),
@@ -283,19 +320,44 @@ fn worker(
             "-logfn",
             "/dev/null",
         ],
-    );
-    let Ok(config) = config else {
-        let _ = ready.send(Err("pocketsphinx rejected its configuration".into()));
-        return;
-    };
+    )
+    .map_err(|_| "pocketsphinx rejected its configuration".to_owned())?;
     let mut decoder = pocketsphinx::PsDecoder::init(config);
-    let loaded = decoder
+    decoder
         .set_lm_file(LM_SEARCH, model.lm.as_os_str())
-        .and_then(|()| decoder.set_jsgf_string(GRAMMAR_SEARCH, &grammar));
-    if loaded.is_err() {
-        let _ = ready.send(Err("pocketsphinx could not load the command grammar".into()));
-        return;
+        .map_err(|_| "pocketsphinx could not load its language model".to_owned())?;
+    if let Some(grammar) = grammar {
+        decoder
+            .set_jsgf_string(GRAMMAR_SEARCH, grammar)
+            .map_err(|_| "pocketsphinx could not load the command grammar".to_owned())?;
     }
+    Ok(decoder)
+}
+
+fn worker(
+    model: SphinxModel,
+    role: SphinxRole,
+    commands: Receiver<Command>,
+    ready: mpsc::Sender<Result<(), String>>,
+    idle: Arc<Mutex<Vec<SyncSender<Command>>>>,
+    me: SyncSender<Command>,
+) {
+    use pocketsphinx::PsDecoderSearchExt as _;
+    let grammar = match &role {
+        SphinxRole::Transcripts(grammar) => Some(grammar.as_str()),
+        SphinxRole::Partials => None,
+    };
+    let (first_search, finals) = match grammar {
+        Some(_) => (GRAMMAR_SEARCH, true),
+        None => (LM_SEARCH, false),
+    };
+    let mut decoder = match sphinx_decoder(&model, grammar) {
+        Ok(decoder) => decoder,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     idle.lock().map(|mut v| v.push(me.clone())).ok();
     let _ = ready.send(Ok(()));
     drop(ready);
@@ -308,7 +370,7 @@ fn worker(
             Command::Begin(new_sink) => {
                 utterance.clear();
                 let started = decoder
-                    .set_search(GRAMMAR_SEARCH)
+                    .set_search(first_search)
                     .and_then(|()| decoder.start_utt(None));
                 if started.is_err() {
                     new_sink(SttEvent::Failed("decoder could not start".into()));
@@ -321,7 +383,9 @@ fn worker(
             Command::Audio(samples) => {
                 let Some(sink) = &sink else { continue };
                 let _ = decoder.process_raw(&samples, false, false);
-                utterance.extend_from_slice(&samples);
+                if finals {
+                    utterance.extend_from_slice(&samples);
+                }
                 if last_partial.elapsed() >= Duration::from_millis(400) {
                     last_partial = Instant::now();
                     let hyp = decoder.get_hyp().map(|h| h.0).unwrap_or_default();
@@ -333,6 +397,10 @@ fn worker(
             Command::Finish => {
                 let Some(done) = sink.take() else { continue };
                 let _ = decoder.end_utt();
+                if !finals {
+                    give_back(&idle, &me);
+                    continue;
+                }
                 let mut text = decoder.get_hyp().map(|h| h.0).unwrap_or_default();
                 if text.trim().is_empty() && !utterance.is_empty() {
                     // Not a command: decode the utterance again as free speech.
@@ -345,7 +413,7 @@ fn worker(
                         text = decoder.get_hyp().map(|h| h.0).unwrap_or_default();
                     }
                 }
-                done(SttEvent::Final(text.trim().to_owned()));
+                done(SttEvent::certain(text.trim().to_owned()));
                 utterance.clear();
                 utterance.shrink_to(16_000 * 20);
                 give_back(&idle, &me);
@@ -364,5 +432,477 @@ fn worker(
 fn give_back(idle: &Mutex<Vec<SyncSender<Command>>>, me: &SyncSender<Command>) {
     if let Ok(mut idle) = idle.lock() {
         idle.push(me.clone());
+    }
+}
+
+/// One utterance for the command grammar, and where its hypothesis goes.
+struct GrammarJob {
+    samples: Arc<Vec<i16>>,
+    cancelled: Arc<AtomicBool>,
+    done: Box<dyn FnOnce(Option<String>) + Send>,
+}
+
+/// A pocketsphinx decoder with the assistant's command grammar, decoding whole utterances
+/// from a bounded queue, in order (about 15 ms of CPU per second of speech).
+pub struct GrammarQueue {
+    jobs: SyncSender<GrammarJob>,
+}
+
+impl GrammarQueue {
+    /// Starts the decoder thread with `grammar` (JSGF) and waits until it is warm.
+    pub fn start(
+        model: &SphinxModel,
+        grammar: &str,
+        capacity: usize,
+    ) -> Result<GrammarQueue, String> {
+        model.check()?;
+        let (jobs, rx) = mpsc::sync_channel::<GrammarJob>(capacity.max(1));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (model, grammar) = (model.clone(), grammar.to_owned());
+        std::thread::Builder::new()
+            .name("voxio-grammar".into())
+            .spawn(move || {
+                use pocketsphinx::PsDecoderSearchExt as _;
+                let mut decoder = match sphinx_decoder(&model, Some(&grammar)) {
+                    Ok(decoder) => decoder,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                for job in rx.iter() {
+                    if job.cancelled.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    let decoded = decoder
+                        .set_search(GRAMMAR_SEARCH)
+                        .and_then(|()| decoder.start_utt(None))
+                        .and_then(|()| decoder.process_raw(&job.samples, false, true).map(|_| ()))
+                        .and_then(|()| decoder.end_utt());
+                    let hyp = decoded
+                        .ok()
+                        .and_then(|()| decoder.get_hyp())
+                        .map(|h| h.0.trim().to_owned())
+                        .filter(|h| !h.is_empty());
+                    (job.done)(hyp);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(GrammarQueue { jobs }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the grammar decoder stopped while loading".into()),
+        }
+    }
+
+    fn submit(&self, job: GrammarJob) -> bool {
+        self.jobs.try_send(job).is_ok()
+    }
+}
+
+/// The letters and digits of a text, lower case: what two transcripts are compared on.
+fn letters(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// How much of the grammar's hypothesis `command` Whisper's text `heard` bears out, 0 to 1:
+/// one minus the letter edit distance of `command` to its best match inside `heard` (what
+/// Whisper wrote before or after it costs nothing), over the length of `command`.
+fn agreement(command: &str, heard: &str) -> f32 {
+    let (g, w) = (letters(command), letters(heard));
+    if g.is_empty() {
+        return 0.0;
+    }
+    // Semi-global alignment: free gaps at both ends of `heard`.
+    let mut prev = vec![0usize; w.len() + 1];
+    for (i, gc) in g.iter().enumerate() {
+        let mut cur = vec![i + 1; w.len() + 1];
+        for (j, wc) in w.iter().enumerate() {
+            cur[j + 1] = (prev[j + 1] + 1)
+                .min(cur[j] + 1)
+                .min(prev[j] + usize::from(gc != wc));
+        }
+        prev = cur;
+    }
+    let distance = prev.iter().copied().min().unwrap_or(g.len());
+    1.0 - (distance as f32 / g.len() as f32).min(1.0)
+}
+
+/// The words of the grammar's command forms; the rest of a hypothesis is its content (the
+/// item), which Whisper must bear out on its own.
+const COMMAND_WORDS: &[&str] = &[
+    "add", "put", "to", "my", "the", "list", "remove", "from", "what", "is", "on", "read", "clear",
+];
+
+/// The least [`agreement`] at which the grammar's hypothesis is taken for Whisper's: of the
+/// whole command, and of its content alone. Measured on flite and espeak-ng speech: commands
+/// agree 0.5 to 1.0 with what Whisper heard, everyday sentences the grammar forced into a
+/// command 0.23 to 0.48 (and an item Whisper heard differently 0.61 as a whole, far less in
+/// its content).
+pub const MIN_AGREEMENT: f32 = 0.5;
+/// The least agreement of a command without content ("clear my list", "what is on my
+/// list"), and of the content of one with it.
+pub const MIN_CONTENT_AGREEMENT: f32 = 0.6;
+
+/// Whether Whisper's text bears out the grammar's `command`.
+fn borne_out(command: &str, heard: &str) -> Option<f32> {
+    let content: Vec<&str> = command
+        .split_whitespace()
+        .filter(|w| !COMMAND_WORDS.contains(w))
+        .collect();
+    let whole = agreement(command, heard);
+    let agreed = if content.is_empty() {
+        whole >= MIN_CONTENT_AGREEMENT
+    } else {
+        whole >= MIN_AGREEMENT && agreement(&content.join(" "), heard) >= MIN_CONTENT_AGREEMENT
+    };
+    agreed.then_some(whole)
+}
+
+/// The turn's final transcript from Whisper's and the command grammar's. The grammar knows
+/// the assistant's commands and hears them better than a small open-vocabulary model, but it
+/// hears everything as one of them: its hypothesis counts only where Whisper heard much the
+/// same letters. Anything else is what Whisper heard, if Whisper is sure it was speech.
+fn arbitrate(whisper: Result<Transcription, String>, grammar: Option<String>) -> SttEvent {
+    let heard = match whisper {
+        Ok(heard) => heard,
+        Err(message) => return SttEvent::Failed(message),
+    };
+    if let Some(command) = grammar {
+        if let Some(agreed) = borne_out(&command, &heard.text) {
+            return SttEvent::Final {
+                text: command,
+                confidence: agreed.max(heard.confidence()),
+            };
+        }
+    }
+    if heard.is_speech() {
+        SttEvent::Final {
+            confidence: heard.confidence(),
+            text: heard.text,
+        }
+    } else {
+        // Whisper's no-speech rule refused it: nothing was said.
+        SttEvent::Final {
+            text: String::new(),
+            confidence: 0.0,
+        }
+    }
+}
+
+/// Whisper for final transcripts, checked against the command grammar; pocketsphinx's
+/// general model for partials.
+pub struct WhisperStt {
+    queue: Arc<DecodeQueue>,
+    grammar: Option<Arc<GrammarQueue>>,
+    partials: Option<SphinxPool>,
+}
+
+impl WhisperStt {
+    /// Final transcripts from `queue` (with the command grammar's when `grammar` can take the
+    /// utterance), partials from `partials` when one of its decoders is free.
+    pub fn new(
+        queue: DecodeQueue,
+        grammar: Option<GrammarQueue>,
+        partials: Option<SphinxPool>,
+    ) -> WhisperStt {
+        WhisperStt {
+            queue: Arc::new(queue),
+            grammar: grammar.map(Arc::new),
+            partials,
+        }
+    }
+
+    /// The decode queue.
+    pub fn queue(&self) -> &DecodeQueue {
+        &self.queue
+    }
+}
+
+impl SpeechToText for WhisperStt {
+    fn start(&self, sink: SttSink) -> Option<Box<dyn SttStream>> {
+        let partial = self.partials.as_ref().and_then(|p| p.start(sink.clone()));
+        Some(Box::new(WhisperStream {
+            queue: self.queue.clone(),
+            grammar: self.grammar.clone(),
+            sink,
+            audio: Vec::with_capacity(whisper::SAMPLE_RATE * 4),
+            partial,
+            speculation: None,
+        }))
+    }
+
+    fn readiness(&self) -> Readiness {
+        Readiness {
+            ready: true,
+            decoders: self.partials.as_ref().map_or(0, SphinxPool::size),
+            idle: self.partials.as_ref().map_or(0, SphinxPool::idle),
+        }
+    }
+}
+
+/// One utterance's two transcripts as they come in, and who wants the result.
+#[derive(Default)]
+struct Merge {
+    whisper: Option<Result<Transcription, String>>,
+    /// `Some(None)`: the grammar had no hypothesis, or could not take the utterance.
+    grammar: Option<Option<String>>,
+    /// Set when the turn has ended and waits for this decode.
+    wanted: Option<SttSink>,
+    /// Delivered, or stale (the user went on): nothing more to do.
+    over: bool,
+}
+
+impl Merge {
+    fn try_deliver(&mut self) {
+        if self.over || self.wanted.is_none() || self.whisper.is_none() || self.grammar.is_none() {
+            return;
+        }
+        self.over = true;
+        if let (Some(sink), Some(whisper), Some(grammar)) =
+            (self.wanted.take(), self.whisper.take(), self.grammar.take())
+        {
+            sink(arbitrate(whisper, grammar));
+        }
+    }
+}
+
+/// A decode under way: Whisper's job and the grammar's, merged.
+struct Decode {
+    merge: Arc<Mutex<Merge>>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Decode {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Merge> {
+        self.merge.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The turn waits for this decode: the result goes to `sink` once both parts are in.
+    fn want(&self, sink: SttSink) {
+        let mut merge = self.lock();
+        merge.wanted = Some(sink);
+        merge.try_deliver();
+    }
+
+    /// Nobody wants the result: jobs not started are skipped.
+    fn abandon(self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.lock().over = true;
+    }
+}
+
+struct WhisperStream {
+    queue: Arc<DecodeQueue>,
+    grammar: Option<Arc<GrammarQueue>>,
+    sink: SttSink,
+    /// The turn's audio (Whisper's window at most: longer turns keep their first 30 s).
+    audio: Vec<i16>,
+    partial: Option<Box<dyn SttStream>>,
+    /// The decode started when the user paused.
+    speculation: Option<Decode>,
+}
+
+impl WhisperStream {
+    /// Queues the audio so far with Whisper and the command grammar.
+    fn decode(&self) -> Result<Decode, Refused> {
+        let samples = Arc::new(self.audio.clone());
+        let merge = Arc::new(Mutex::new(Merge::default()));
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let into = merge.clone();
+        self.queue.submit(whisper::Job {
+            samples: samples.clone(),
+            cancelled: cancelled.clone(),
+            done: Box::new(move |result| {
+                let mut merge = into.lock().unwrap_or_else(|e| e.into_inner());
+                merge.whisper = Some(result);
+                merge.try_deliver();
+            }),
+        })?;
+        let into = merge.clone();
+        let queued = self.grammar.as_ref().is_some_and(|grammar| {
+            grammar.submit(GrammarJob {
+                samples,
+                cancelled: cancelled.clone(),
+                done: Box::new(move |hyp| {
+                    let mut merge = into.lock().unwrap_or_else(|e| e.into_inner());
+                    merge.grammar = Some(hyp);
+                    merge.try_deliver();
+                }),
+            })
+        });
+        if !queued {
+            // Whisper alone: still a transcript, only without the grammar's help.
+            merge.lock().unwrap_or_else(|e| e.into_inner()).grammar = Some(None);
+        }
+        Ok(Decode { merge, cancelled })
+    }
+}
+
+impl SttStream for WhisperStream {
+    fn push(&mut self, samples: &[i16]) {
+        let room = whisper::WINDOW_SAMPLES.saturating_sub(self.audio.len());
+        self.audio
+            .extend_from_slice(&samples[..samples.len().min(room)]);
+        if let Some(partial) = &mut self.partial {
+            partial.push(samples);
+        }
+    }
+
+    fn pause(&mut self) {
+        if let Some(old) = self.speculation.take() {
+            old.abandon();
+        }
+        // A full queue takes no speculation: the decode starts at the end of the turn.
+        self.speculation = self.decode().ok();
+    }
+
+    fn resume(&mut self) {
+        if let Some(old) = self.speculation.take() {
+            old.abandon();
+        }
+    }
+
+    fn finish(mut self: Box<Self>) {
+        if let Some(partial) = self.partial.take() {
+            partial.finish();
+        }
+        // Only silence came after the pause: the speculative decode is the turn's.
+        if let Some(decode) = self.speculation.take() {
+            return decode.want(self.sink.clone());
+        }
+        match self.decode() {
+            Ok(decode) => decode.want(self.sink.clone()),
+            Err(Refused::Busy) => (self.sink)(SttEvent::Busy),
+            Err(Refused::Stopped) => {
+                (self.sink)(SttEvent::Failed("speech recognition stopped".into()))
+            }
+        }
+    }
+
+    fn cancel(mut self: Box<Self>) {
+        if let Some(partial) = self.partial.take() {
+            partial.cancel();
+        }
+        if let Some(decode) = self.speculation.take() {
+            decode.abandon();
+        }
+    }
+}
+
+impl Drop for WhisperStream {
+    fn drop(&mut self) {
+        // Dropped without finish or cancel (its pipeline went away): nobody will want it.
+        if let Some(decode) = self.speculation.take() {
+            decode.abandon();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heard(text: &str, avg_logprob: f32) -> Result<Transcription, String> {
+        Ok(Transcription {
+            text: text.into(),
+            no_speech_prob: 0.01,
+            avg_logprob,
+        })
+    }
+
+    fn text(event: &SttEvent) -> &str {
+        match event {
+            SttEvent::Final { text, .. } => text,
+            other => panic!("not a final: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_grammar_counts_where_whisper_heard_the_same() {
+        let g = |s: &str| Some(s.to_owned());
+        // Whisper's small slips on a command: the grammar's words.
+        // (Each pair below was heard in the voice tests.)
+        for (whisper, command) in [
+            ("Add by milk to my list.", "add buy milk to my list"),
+            ("and eggs to my list.", "add eggs to my list"),
+            ("I'd bred to my list.", "add bread to my list"),
+            ("I read to my list.", "add bread to my list"),
+            ("Adegas to my list.", "add eggs to my list"),
+            ("Remove Milt. Remove Milt. Remove", "remove milk"),
+            ("very new milk", "remove milk"),
+            ("Well, in my list.", "what is on my list"),
+        ] {
+            let out = arbitrate(heard(whisper, -0.5), g(command));
+            assert_eq!(text(&out), command, "{whisper}");
+        }
+        // Everyday speech the grammar forced into a command: Whisper's words.
+        for (whisper, command) in [
+            (
+                "The train to the airport leaves every half hour.",
+                "add tea beer to my list",
+            ),
+            (
+                "Please turn the music down a little.",
+                "add pasta plan oranges",
+            ),
+            ("The sky is clear today.", "clear my list"),
+            (
+                "My sister is coming over for dinner tonight.",
+                "what is on my list",
+            ),
+            (
+                "Add call the plumber about the sink to my list.",
+                "add clean chicken onions to my list",
+            ),
+            (
+                "Add pickups a dry cleaning to my list.",
+                "add tickets bread clean to my list",
+            ),
+            (
+                "I pick up the dry cleaning to my list.",
+                "add bacon paper bike to my list",
+            ),
+            (
+                "I think the meeting went really well.",
+                "add beans meeting letter to my list",
+            ),
+            (
+                "The weather has been lovely this week.",
+                "add beer letter ham to my list",
+            ),
+            ("and render my list.", "add bread eggs"),
+        ] {
+            let out = arbitrate(heard(whisper, -0.2), g(command));
+            assert_eq!(text(&out), whisper, "{command}");
+        }
+        // No grammar hypothesis: Whisper's, when it is sure there was speech.
+        assert_eq!(
+            text(&arbitrate(heard("Hello there.", -0.2), None)),
+            "Hello there."
+        );
+        assert_eq!(text(&arbitrate(heard("You", -1.7), None)), "");
+        assert_eq!(text(&arbitrate(heard("You", -1.7), g("clear my list"))), "");
+        assert!(matches!(
+            arbitrate(Err("boom".into()), g("clear my list")),
+            SttEvent::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn agreement_is_letters_against_the_best_match() {
+        assert_eq!(
+            agreement("add milk to my list", "Add milk to my list!"),
+            1.0
+        );
+        assert_eq!(agreement("add milk", "So, add milk. Thanks."), 1.0);
+        assert!(borne_out("clear my list", "The sky is clear today.").is_none());
+        assert!(borne_out("clear my list", "Clear my list.").is_some());
+        assert_eq!(agreement("", "anything"), 0.0);
+        assert_eq!(agreement("milk", ""), 0.0);
     }
 }

@@ -3,6 +3,9 @@
 //!
 //! - Speech is confirmed after `confirm` of voiced frames in a row; the `preroll` before the
 //!   first of them is kept so the start of the first word reaches speech-to-text.
+//! - After `pause` of unvoiced frames inside a turn the machine says so ([`Step::Pause`]): the
+//!   turn may be over, and speech-to-text can start on what was said so far. A voiced frame
+//!   after that says the user went on ([`Step::Resume`]).
 //! - The turn ends after `hangover` of unvoiced frames, or when it reaches `max_turn`.
 
 use std::collections::VecDeque;
@@ -53,6 +56,9 @@ pub struct TurnConfig {
     pub confirm: Duration,
     /// Audio kept from before the confirmation. Default 300 ms.
     pub preroll: Duration,
+    /// Silence after which the turn may be over (speech-to-text starts speculatively).
+    /// Default 200 ms; at most the hangover.
+    pub pause: Duration,
     /// Silence that ends a turn. Default 600 ms; at most 3 s.
     pub hangover: Duration,
     /// Longest turn. Default 15 s.
@@ -68,6 +74,7 @@ impl Default for TurnConfig {
             threshold: 0.5,
             confirm: Duration::from_millis(200),
             preroll: Duration::from_millis(300),
+            pause: Duration::from_millis(200),
             hangover: Duration::from_millis(600),
             max_turn: Duration::from_secs(15),
         }
@@ -89,6 +96,10 @@ pub enum Step {
     Started,
     /// The frame belongs to the turn in progress.
     Speech,
+    /// The frame belongs to the turn, and completes `pause` of silence in it.
+    Pause,
+    /// The frame belongs to the turn, and is voiced after a [`Step::Pause`].
+    Resume,
     /// The turn ended (this frame, silence, is not part of it).
     Stopped,
 }
@@ -98,6 +109,7 @@ pub struct Turns {
     config: TurnConfig,
     confirm: usize,
     preroll: usize,
+    pause: usize,
     hangover: usize,
     max_turn: usize,
     /// Recent frames while idle (the preroll plus the voiced run being confirmed).
@@ -110,6 +122,7 @@ pub struct Turns {
 struct InTurn {
     frames: usize,
     silent_run: usize,
+    paused: bool,
 }
 
 impl Turns {
@@ -117,11 +130,13 @@ impl Turns {
     pub fn new(config: TurnConfig) -> Turns {
         let confirm = frames_in(config.confirm);
         let preroll = frames_in(config.preroll);
+        let hangover = frames_in(config.hangover.min(MAX_HANGOVER));
         Turns {
             config,
             confirm,
             preroll,
-            hangover: frames_in(config.hangover.min(MAX_HANGOVER)),
+            pause: frames_in(config.pause).min(hangover),
+            hangover,
             max_turn: frames_in(config.max_turn),
             recent: VecDeque::with_capacity(confirm + preroll),
             voiced_run: 0,
@@ -145,6 +160,14 @@ impl Turns {
                 self.voiced_run = 0;
                 return Step::Stopped;
             }
+            if turn.silent_run == self.pause {
+                turn.paused = true;
+                return Step::Pause;
+            }
+            if voiced && turn.paused {
+                turn.paused = false;
+                return Step::Resume;
+            }
             return Step::Speech;
         }
         if self.recent.len() == self.confirm + self.preroll {
@@ -156,6 +179,7 @@ impl Turns {
             self.in_turn = Some(InTurn {
                 frames: self.recent.len(),
                 silent_run: 0,
+                paused: false,
             });
             return Step::Started;
         }
@@ -214,12 +238,32 @@ mod tests {
     fn hangover_ends_the_turn_and_pauses_do_not() {
         let mut t = Turns::new(TurnConfig::default());
         run(&mut t, &[0.9; 12]);
-        // A 400 ms pause (25 frames) is shorter than the 600 ms hangover (37 frames).
+        // A 400 ms pause (25 frames) is shorter than the 600 ms hangover (37 frames): it is
+        // reported at 200 ms (12 frames), and the next voiced frame resumes the turn.
         let steps = run(&mut t, &[0.1; 25]);
+        assert_eq!(steps[..11], [Step::Speech; 11]);
+        assert_eq!(steps[11], Step::Pause);
+        assert!(steps[12..].iter().all(|s| *s == Step::Speech));
+        assert_eq!(
+            run(&mut t, &[0.9; 5]),
+            [
+                Step::Resume,
+                Step::Speech,
+                Step::Speech,
+                Step::Speech,
+                Step::Speech
+            ]
+        );
+        // A pause shorter than 200 ms is not reported.
+        let steps = run(&mut t, &[0.1; 11]);
         assert!(steps.iter().all(|s| *s == Step::Speech));
-        run(&mut t, &[0.9; 5]);
+        assert_eq!(t.push(&F, 0.9), Step::Speech);
         let steps = run(&mut t, &[0.1; 37]);
-        assert_eq!(steps[..36], [Step::Speech; 36]);
+        assert_eq!(steps[11], Step::Pause);
+        assert_eq!(
+            steps[..36].iter().filter(|s| **s == Step::Speech).count(),
+            35
+        );
         assert_eq!(steps[36], Step::Stopped);
         assert!(!t.in_turn());
     }

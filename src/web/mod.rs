@@ -298,8 +298,9 @@ impl Voxio {
 fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
     use voice::assistant::{Assistant, TodoAssistant};
     use voice::openai::{OpenAi, RemoteAssistant, RemoteStt, RemoteTts};
-    use voice::stt::{SpeechToText, SphinxModel, SphinxPool};
+    use voice::stt::{GrammarQueue, SpeechToText, SphinxModel, SphinxPool, SphinxRole, WhisperStt};
     use voice::tts::{ProcessTts, Program, TextToSpeech};
+    use voice::whisper::{DecodeQueue, Precision, Whisper};
     let api = OpenAi {
         base_url: args.openai_base_url.clone(),
         api_key: args
@@ -309,20 +310,62 @@ fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
             .unwrap_or_default(),
         timeout: Duration::from_millis(args.openai_timeout_ms),
     };
+    let mut models = Vec::new();
     let stt: Arc<dyn SpeechToText> = match args.stt.as_str() {
         "builtin" => {
             let model = SphinxModel::in_dir(&args.stt_model_dir);
             model.check().map_err(|e| anyhow::anyhow!(e))?;
+            let whisper_dir = args.models_dir.join("whisper-tiny.en");
+            let precision: Precision = args
+                .whisper_precision
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("VOXIO_WHISPER_PRECISION: {e}"))?;
+            let threads = match args.whisper_threads {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+                n => n,
+            };
+            let whisper = match Whisper::check(&whisper_dir) {
+                Ok(()) => Some(
+                    DecodeQueue::start(&whisper_dir, threads, precision, args.stt_queue)
+                        .map_err(|e| anyhow::anyhow!(e))?,
+                ),
+                Err(missing) => {
+                    tracing::warn!(
+                        "{missing}: final transcripts fall back to the pocketsphinx command \
+                         grammar, which hears every utterance as a command"
+                    );
+                    None
+                }
+            };
+            models.push(voice::pipeline::ModelState {
+                name: "whisper-tiny.en",
+                role: "final transcripts",
+                loaded: whisper.is_some(),
+                fallback: whisper
+                    .is_none()
+                    .then(|| "pocketsphinx command grammar".to_owned()),
+            });
             let grammar = TodoAssistant::grammar(&model.words());
+            let role = match whisper {
+                Some(_) => SphinxRole::Partials,
+                None => SphinxRole::Transcripts(grammar.clone()),
+            };
             let started = std::time::Instant::now();
-            let pool = SphinxPool::start(&model, &grammar, args.stt_threads)
+            let pool = SphinxPool::start(&model, role, args.stt_threads)
                 .map_err(|e| anyhow::anyhow!(e))?;
             tracing::info!(
                 decoders = pool.size(),
                 ms = started.elapsed().as_millis() as u64,
-                "speech-to-text ready"
+                "pocketsphinx ready"
             );
-            Arc::new(pool)
+            match whisper {
+                Some(queue) => {
+                    let commands = GrammarQueue::start(&model, &grammar, args.stt_queue)
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                    Arc::new(WhisperStt::new(queue, Some(commands), Some(pool)))
+                }
+                None => Arc::new(pool),
+            }
         }
         "openai" => Arc::new(RemoteStt {
             api: api.clone(),
@@ -331,7 +374,7 @@ fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
         other => anyhow::bail!("VOXIO_STT must be builtin or openai, not {other:?}"),
     };
     let assistant: Arc<dyn Assistant> = match args.assistant.as_str() {
-        "builtin" => Arc::new(TodoAssistant::default()),
+        "builtin" => Arc::new(TodoAssistant::new(args.confirm_below)),
         "openai" => Arc::new(RemoteAssistant {
             api: api.clone(),
             model: args.openai_chat_model.clone(),
@@ -365,6 +408,7 @@ fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
             threshold: args.vad_threshold,
             confirm: Duration::from_millis(args.turn_confirm_ms),
             preroll: Duration::from_millis(args.turn_preroll_ms),
+            pause: Duration::from_millis(args.turn_pause_ms),
             hangover: Duration::from_millis(args.turn_hangover_ms),
             max_turn: Duration::from_millis(args.turn_max_ms),
         },
@@ -374,6 +418,7 @@ fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
         inbox: args.audio_queue,
         lead: Duration::from_millis(300),
         vad: voice::pipeline::earshot_vad,
+        models,
     })
 }
 
@@ -440,6 +485,7 @@ async fn readyz(app: web::Data<Voxio>) -> HttpResponse {
         "redis": redis,
         "cluster": cluster,
         "stt": stt.map(|s| json!({ "ready": s.ready, "decoders": s.decoders, "idle": s.idle })),
+        "models": app.voice.stages.as_ref().map(|s| &s.models),
         "sessions": app.engine.session_count(),
     });
     let mut response = if ready {

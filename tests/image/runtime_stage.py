@@ -89,6 +89,8 @@ def main():
     build_map = {
         "/src/target/release/voxio": os.path.join(repo, "target/release/voxio"),
         "/src/client/": os.path.join(repo, "client/"),
+        # scripts/deps.sh models, which the build stage runs, installs into the repo's models/.
+        "/src/models": os.path.join(repo, "models"),
     }
     shell = ["/bin/sh", "-c"]
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -184,6 +186,8 @@ def main():
         status, body = get(base + "/readyz")
         ready = json.loads(body)
         assert status == 200 and ready["ready"] and ready["stt"]["decoders"] >= 1, ready
+        # The speech models baked into the image loaded.
+        assert ready["models"] and all(m["loaded"] for m in ready["models"]), ready["models"]
         status, page = get(base + "/")
         assert status == 200 and b"<html" in page.lower(), "the page"
         status, bundle = get(base + "/socket.io/socket.io.js")
@@ -193,7 +197,8 @@ def main():
         with open(f"/proc/{proc.pid}/status") as f:
             uids = next(line.split()[1:] for line in f if line.startswith("Uid:"))
         assert uids[0] == uid, f"runs as uid {uids[0]}, not {uid}"
-        print(f"image: /healthz, /readyz ({ready['stt']['decoders']} decoders), page, bundle, "
+        print(f"image: /healthz, /readyz ({ready['stt']['decoders']} decoders, models "
+              f"{', '.join(m['name'] for m in ready['models'])}), page, bundle, "
               f"HEALTHCHECK ok; uid {uids[0]}", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -92,6 +92,8 @@ export async function startVoxio(args = ["protocol-test"], { attempts = 3 } = {}
 
 /** Directory of the page's files, passed to the main server as VOXIO_STATIC_DIR. */
 export const STATIC_DIR = path.resolve(HERE, "../../static");
+/** The speech models scripts/deps.sh installs. */
+export const MODELS_DIR = path.resolve(HERE, "../../models");
 
 /** The PIN `startVoxioServer` gives the main server unless told otherwise. */
 export const TEST_PIN = "482915";
@@ -103,8 +105,8 @@ export const TEST_PIN = "482915";
  *
  * The child gets the parent's environment without any inherited `VOXIO_*` variable (so a
  * stray VOXIO_REDIS_URL or VOXIO_PIN cannot change what the tests see), then:
- * VOXIO_BIND=127.0.0.1:PORT, VOXIO_PIN=`pin`, VOXIO_STATIC_DIR=STATIC_DIR, VOXIO_WORKERS=2,
- * and `env` on top (e.g. { VOXIO_PIN_FREE_ATTEMPTS: "1", VOXIO_PIN_BACKOFF_MS: "400" }).
+ * VOXIO_BIND=127.0.0.1:PORT, VOXIO_PIN=`pin`, VOXIO_STATIC_DIR=STATIC_DIR,
+ * VOXIO_MODELS_DIR=MODELS_DIR, VOXIO_WORKERS=2, and `env` on top (e.g. { VOXIO_PIN_FREE_ATTEMPTS: "1", VOXIO_PIN_BACKOFF_MS: "400" }).
  *
  * Returns the same object as `startVoxio`, plus `pin`.
  */
@@ -126,6 +128,7 @@ export async function startVoxioServer({ pin = TEST_PIN, env = {}, attempts = 3 
         VOXIO_BIND: `127.0.0.1:${port}`,
         VOXIO_PIN: pin,
         VOXIO_STATIC_DIR: STATIC_DIR,
+        VOXIO_MODELS_DIR: MODELS_DIR,
         VOXIO_WORKERS: "2",
         ...Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)])),
       },

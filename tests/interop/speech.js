@@ -44,3 +44,35 @@ export async function readWav(file) {
   throw new Error(`${file}: no "data" chunk`);
 }
 
+
+/**
+ * A transcript as plain words: lower case, punctuation gone, and the contractions Whisper
+ * writes for what the tests say spelled out ("what's" → "what is").
+ */
+export function plainWords(text) {
+  return String(text ?? "")
+    .toLowerCase()
+    .replace(/\bwhat's\b/g, "what is")
+    .replace(/[^a-z0-9'\- ]+/g, " ")
+    .replace(/(^|\s)[-']+|[-']+(\s|$)/g, " ")
+    .replace(/\s+/g, " ")
+    .trim();
+}
+
+/**
+ * Word errors of `hyp` against `ref` (substitutions, deletions and insertions: the word-level
+ * edit distance) after plainWords; { errors, words }.
+ */
+export function wordErrors(ref, hyp) {
+  const r = plainWords(ref).split(" ").filter(Boolean);
+  const h = plainWords(hyp).split(" ").filter(Boolean);
+  let prev = Array.from({ length: h.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= r.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= h.length; j++) {
+      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r[i - 1] === h[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return { errors: prev[h.length], words: r.length };
+}

