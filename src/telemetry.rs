@@ -92,10 +92,6 @@ fn describe() {
         "Audio batches a speech-to-text decoder could not take (it fell 12 s behind)"
     );
     describe_counter!(
-        "voxio_voice_whisper_redecodes_total",
-        "Whisper decodes done again on the full 30 s window because the fitted one looped"
-    );
-    describe_counter!(
         "voxio_voice_stt_busy_total",
         "Turns not transcribed because the speech-to-text queue was full"
     );
@@ -197,11 +193,6 @@ pub(crate) static VOICE: LazyLock<VoiceMetrics> = LazyLock::new(|| VoiceMetrics 
 /// Counts an audio batch a speech-to-text decoder could not take.
 pub(crate) fn stt_dropped() {
     counter!("voxio_voice_stt_dropped_total").increment(1);
-}
-
-/// Counts a Whisper decode done again on the full window (the fitted one looped).
-pub(crate) fn whisper_redecode() {
-    counter!("voxio_voice_whisper_redecodes_total").increment(1);
 }
 
 /// Counts a turn refused by a full speech-to-text queue.
