@@ -19,6 +19,8 @@ use awc::ws;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 
+use crate::voice::stt::{edit_distance, Ends};
+
 /// Commands of the to-do assistant.
 const COMMANDS: &[&str] = &[
     "add milk to my list",
@@ -91,17 +93,7 @@ fn plain_words(text: &str) -> Vec<String> {
 /// Word-level edit distance of `hyp` to `reference`, and the reference's length.
 fn word_errors(reference: &str, hyp: &str) -> (usize, usize) {
     let (r, h) = (plain_words(reference), plain_words(hyp));
-    let mut prev: Vec<usize> = (0..=h.len()).collect();
-    for (i, rw) in r.iter().enumerate() {
-        let mut cur = vec![i + 1; h.len() + 1];
-        for (j, hw) in h.iter().enumerate() {
-            cur[j + 1] = (prev[j + 1] + 1)
-                .min(cur[j] + 1)
-                .min(prev[j] + usize::from(rw != hw));
-        }
-        prev = cur;
-    }
-    (prev[h.len()], r.len())
+    (edit_distance(&r, &h, Ends::Counted), r.len())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -517,19 +517,39 @@ fn agreement(command: &str, heard: &str) -> f32 {
     if g.is_empty() {
         return 0.0;
     }
-    // Semi-global alignment: free gaps at both ends of `heard`.
-    let mut prev = vec![0usize; w.len() + 1];
-    for (i, gc) in g.iter().enumerate() {
-        let mut cur = vec![i + 1; w.len() + 1];
-        for (j, wc) in w.iter().enumerate() {
+    let distance = edit_distance(&g, &w, Ends::Free);
+    1.0 - (distance as f32 / g.len() as f32).min(1.0)
+}
+
+/// Whether an alignment may skip the ends of the text it is matched against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ends {
+    /// Both sequences whole (Levenshtein distance).
+    Counted,
+    /// `a` against its best match inside `b`: what `b` has before and after costs nothing.
+    Free,
+}
+
+/// Edits (insertions, deletions, substitutions) that turn `a` into `b`, or with
+/// [`Ends::Free`] into the best-matching stretch of `b`.
+pub fn edit_distance<T: PartialEq>(a: &[T], b: &[T], ends: Ends) -> usize {
+    let mut prev: Vec<usize> = match ends {
+        Ends::Counted => (0..=b.len()).collect(),
+        Ends::Free => vec![0; b.len() + 1],
+    };
+    for (i, x) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, y) in b.iter().enumerate() {
             cur[j + 1] = (prev[j + 1] + 1)
                 .min(cur[j] + 1)
-                .min(prev[j] + usize::from(gc != wc));
+                .min(prev[j] + usize::from(x != y));
         }
         prev = cur;
     }
-    let distance = prev.iter().copied().min().unwrap_or(g.len());
-    1.0 - (distance as f32 / g.len() as f32).min(1.0)
+    match ends {
+        Ends::Counted => prev[b.len()],
+        Ends::Free => prev.iter().copied().min().unwrap_or(a.len()),
+    }
 }
 
 /// The words of the grammar's command forms; the rest of a hypothesis is its content (the
@@ -904,5 +924,8 @@ mod tests {
         assert!(borne_out("clear my list", "Clear my list.").is_some());
         assert_eq!(agreement("", "anything"), 0.0);
         assert_eq!(agreement("milk", ""), 0.0);
+        assert_eq!(edit_distance(b"kitten", b"sitting", Ends::Counted), 3);
+        assert_eq!(edit_distance(b"milk", b"buy milk now", Ends::Free), 0);
+        assert_eq!(edit_distance(b"milk", b"buy milk now", Ends::Counted), 8);
     }
 }
