@@ -68,6 +68,7 @@ pub trait SpeechToText: Send + Sync {
             ready: true,
             decoders: 0,
             idle: 0,
+            queued: 0,
         }
     }
 }
@@ -81,6 +82,8 @@ pub struct Readiness {
     pub decoders: usize,
     /// Of which free now.
     pub idle: usize,
+    /// Turns waiting for their final transcript (not counting the one being decoded).
+    pub queued: usize,
 }
 
 /// One turn's audio going in.
@@ -216,6 +219,7 @@ impl SpeechToText for SphinxPool {
             ready: self.size > 0,
             decoders: self.size,
             idle: self.idle(),
+            queued: 0,
         }
     }
 
@@ -636,11 +640,6 @@ impl WhisperStt {
             partials,
         }
     }
-
-    /// The decode queue.
-    pub fn queue(&self) -> &DecodeQueue {
-        &self.queue
-    }
 }
 
 impl SpeechToText for WhisperStt {
@@ -661,6 +660,7 @@ impl SpeechToText for WhisperStt {
             ready: true,
             decoders: self.partials.as_ref().map_or(0, SphinxPool::size),
             idle: self.partials.as_ref().map_or(0, SphinxPool::idle),
+            queued: self.queue.waiting(),
         }
     }
 }

@@ -13,7 +13,7 @@
 //!   resource, not a per-turn one: any number of talkers share it, and when the queue is full
 //!   the caller is told at once instead of waiting.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -397,8 +397,6 @@ pub enum Refused {
 pub struct DecodeQueue {
     jobs: SyncSender<Job>,
     waiting: Arc<AtomicUsize>,
-    capacity: usize,
-    model_dir: PathBuf,
 }
 
 impl DecodeQueue {
@@ -453,12 +451,7 @@ impl DecodeQueue {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err("the Whisper thread stopped while loading".into()),
         }
-        Ok(DecodeQueue {
-            jobs,
-            waiting,
-            capacity: capacity.max(1),
-            model_dir: dir.to_path_buf(),
-        })
+        Ok(DecodeQueue { jobs, waiting })
     }
 
     /// Queues a job, in order after those already waiting; refused at once when full.
@@ -479,16 +472,6 @@ impl DecodeQueue {
     /// Jobs waiting (not counting the one being decoded).
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
-    }
-
-    /// Most jobs that can wait.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Where the model was loaded from.
-    pub fn model_dir(&self) -> &Path {
-        &self.model_dir
     }
 }
 

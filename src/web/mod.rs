@@ -484,7 +484,9 @@ async fn readyz(app: web::Data<Voxio>) -> HttpResponse {
         "draining": draining,
         "redis": redis,
         "cluster": cluster,
-        "stt": stt.map(|s| json!({ "ready": s.ready, "decoders": s.decoders, "idle": s.idle })),
+        "stt": stt.map(|s| json!({
+            "ready": s.ready, "decoders": s.decoders, "idle": s.idle, "queued": s.queued,
+        })),
         "models": app.voice.stages.as_ref().map(|s| &s.models),
         "sessions": app.engine.session_count(),
     });
