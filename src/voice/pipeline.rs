@@ -334,6 +334,9 @@ pub struct Pipeline {
     relocation: Option<Relocate>,
     /// The pipeline moved there: this actor only forwards, then stops.
     moved: Option<actix::Addr<Pipeline>>,
+    /// Words of an earlier turn, with their confidence, whose transcript came in after the
+    /// next turn had started: they open that turn's transcript.
+    held: Option<(String, f32)>,
 }
 
 impl Pipeline {
@@ -365,6 +368,7 @@ impl Pipeline {
             home: home.clone(),
             relocation: None,
             moved: None,
+            held: None,
             stages,
         };
         let busy = pipeline.busy.clone();
@@ -777,6 +781,7 @@ impl Pipeline {
             home: self.home.clone(),
             relocation: None,
             moved: None,
+            held: self.held.take(),
             stages,
         };
         let next = Pipeline::start_in_arbiter(&to, move |_| successor);
@@ -881,11 +886,27 @@ impl Handler<Transcript> for Pipeline {
             return next.do_send(msg);
         }
         if msg.turn != self.turn {
+            // An earlier turn's words, come in after the user started speaking again (a pause
+            // longer than the hangover): they open this turn's transcript instead of being
+            // lost.
+            if let SttEvent::Final { text, confidence } = msg.event {
+                if msg.turn < self.turn && !text.is_empty() {
+                    self.held = Some(match self.held.take() {
+                        Some((held, c)) => (format!("{held} {text}"), c.min(confidence)),
+                        None => (text, confidence),
+                    });
+                }
+            }
             return;
         }
         match msg.event {
             SttEvent::Partial(text) => self.emit("transcript.partial", json!({ "text": text })),
             SttEvent::Final { text, confidence } => {
+                let (text, confidence) = match self.held.take() {
+                    Some((held, c)) if text.is_empty() => (held, c),
+                    Some((held, c)) => (format!("{held} {text}"), c.min(confidence)),
+                    None => (text, confidence),
+                };
                 self.times.final_at = Some(Instant::now());
                 self.emit("transcript.final", json!({ "text": text }));
                 // An empty transcript (speech recognition refused what it heard) is answered

@@ -1095,3 +1095,52 @@ describe("story 8: pauses, silence and noise", () => {
     }),
   );
 });
+
+// ---------------------------------------------------------------------------------------
+// Story 9: many talkers at once, no silent loss. Sixteen sockets say a command at the same
+// moment to a server whose transcript queue holds two turns: every turn ends either with a
+// transcript and its answer, or with error {code: "busy"} and a spoken apology; none with
+// silence or an empty transcript.
+
+describe("story 9: sixteen talkers at once", () => {
+  let server;
+  before(async () => {
+    server = await startVoxioServer({ env: { VOXIO_STT_QUEUE: "2" } });
+  });
+  after(async () => {
+    if (server) await server.stop();
+  });
+
+  test(
+    "every turn is transcribed or told busy, never lost",
+    { timeout: 120_000 },
+    bounded(() => server, 115_000, async (t, cleanup) => {
+      const clip = await speechClip(SLT, "add bread to my list");
+      const conns = [];
+      for (let k = 0; k < 16; k++) conns.push(await connect(server, { cleanup }));
+      const froms = conns.map((c) => c.rec.mark);
+      await Promise.all(conns.map((c) => stream(c.socket, clip)));
+      const outcomes = await Promise.all(
+        conns.map(async (c, k) => {
+          const end = await c.rec.waitFor((e) => e.event === "transcript.final" || (e.event === "error" && e.args[0]?.code === "busy"), {
+            from: froms[k],
+            ms: 60_000,
+            what: `talker ${k + 1}'s transcript.final or busy error`,
+          });
+          // Either way the talker hears an answer.
+          const said = await c.rec.waitFor(ev("assistant.text.done"), { from: end.i, ms: 60_000, what: `talker ${k + 1}'s answer` });
+          return { busy: end.event === "error", heard: end.event === "error" ? null : end.args[0].text, answer: said.args[0].text };
+        }),
+      );
+      const busy = outcomes.filter((o) => o.busy).length;
+      const understood = outcomes.filter((o) => !o.busy && plainWords(o.heard) === "add bread to my list").length;
+      console.log(`story 9: 16 talkers, queue of 2: ${outcomes.length - busy} transcribed (${understood} exactly), ${busy} told busy`);
+      for (const o of outcomes) {
+        if (o.busy) assert.match(o.answer, /busy/i, "a busy turn hears the apology");
+        else assert.ok(o.heard, "a transcribed turn has words, not an empty transcript");
+      }
+      assert.ok(busy > 0, "a queue of two is too short for sixteen talkers: some are told busy");
+      assert.ok(outcomes.length - busy > 0, "some turns are transcribed");
+    }),
+  );
+});
