@@ -258,6 +258,16 @@ struct TurnTimes {
     replied: Option<Instant>,
 }
 
+/// A transcript with the held words of earlier turns before it: joined, at the lower
+/// confidence of the two.
+fn after_held(held: Option<(String, f32)>, text: String, confidence: f32) -> (String, f32) {
+    match held {
+        Some((held, c)) if text.is_empty() => (held, c),
+        Some((held, c)) => (format!("{held} {text}"), c.min(confidence)),
+        None => (text, confidence),
+    }
+}
+
 /// What a turn that could not be transcribed hears.
 pub const BUSY_APOLOGY: &str = "Sorry, I am busy with others right now. Please say that again.";
 
@@ -891,10 +901,7 @@ impl Handler<Transcript> for Pipeline {
             // lost.
             if let SttEvent::Final { text, confidence } = msg.event {
                 if msg.turn < self.turn && !text.is_empty() {
-                    self.held = Some(match self.held.take() {
-                        Some((held, c)) => (format!("{held} {text}"), c.min(confidence)),
-                        None => (text, confidence),
-                    });
+                    self.held = Some(after_held(self.held.take(), text, confidence));
                 }
             }
             return;
@@ -902,11 +909,7 @@ impl Handler<Transcript> for Pipeline {
         match msg.event {
             SttEvent::Partial(text) => self.emit("transcript.partial", json!({ "text": text })),
             SttEvent::Final { text, confidence } => {
-                let (text, confidence) = match self.held.take() {
-                    Some((held, c)) if text.is_empty() => (held, c),
-                    Some((held, c)) => (format!("{held} {text}"), c.min(confidence)),
-                    None => (text, confidence),
-                };
+                let (text, confidence) = after_held(self.held.take(), text, confidence);
                 self.times.final_at = Some(Instant::now());
                 self.emit("transcript.final", json!({ "text": text }));
                 // An empty transcript (speech recognition refused what it heard) is answered

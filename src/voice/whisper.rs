@@ -126,15 +126,13 @@ impl LogMel {
     }
 
     /// The features of `samples` (16 kHz, at most 30 s; more is cut) padded with silence to
-    /// `frames` frames (at most [`FRAMES`], the 30 s window): `N_MELS` rows of `frames`
-    /// values, row-major.
-    pub fn features(&self, samples: &[f32], frames: usize) -> Vec<f32> {
-        let frames = frames.clamp(1, FRAMES);
-        let samples = &samples[..samples.len().min(frames * HOP)];
+    /// the 30 s window: `N_MELS` rows of [`FRAMES`] values, row-major.
+    pub fn features(&self, samples: &[f32]) -> Vec<f32> {
+        let samples = &samples[..samples.len().min(WINDOW_SAMPLES)];
         // Frames centred on hop * i, reflect-padded at the start; frames past the audio see
         // only the zero padding.
-        let with_audio = ((samples.len() + N_FFT / 2) / HOP + 1).min(frames);
-        let mut mel = vec![0f32; N_MELS * frames];
+        let with_audio = ((samples.len() + N_FFT / 2) / HOP + 1).min(FRAMES);
+        let mut mel = vec![0f32; N_MELS * FRAMES];
         let mut input = self.fft.make_input_vec();
         let mut spectrum = self.fft.make_output_vec();
         let mut scratch = self.fft.make_scratch_vec();
@@ -165,7 +163,7 @@ impl LogMel {
                     .zip(&power[*start..])
                     .map(|(w, p)| w * p)
                     .sum();
-                mel[band * frames + frame] = energy;
+                mel[band * FRAMES + frame] = energy;
             }
         }
         let mut peak = f32::MIN;
@@ -333,18 +331,13 @@ impl Whisper {
         let audio = trim_silence(&audio);
         let mut options = self.options.clone();
         options.max_length = max_tokens(audio.len());
-        self.decode(audio, FRAMES, &options)
+        self.decode(audio, &options)
     }
 
-    /// One decode on a window of `frames`.
-    fn decode(
-        &self,
-        audio: &[f32],
-        frames: usize,
-        options: &WhisperOptions,
-    ) -> Result<Transcription, String> {
-        let mut features = self.features.features(audio, frames);
-        let shape = [1, N_MELS, frames];
+    /// One decode of the whole window.
+    fn decode(&self, audio: &[f32], options: &WhisperOptions) -> Result<Transcription, String> {
+        let mut features = self.features.features(audio);
+        let shape = [1, N_MELS, FRAMES];
         let view = StorageView::new(&shape, &mut features, Device::CPU)
             .map_err(|e| format!("features: {e}"))?;
         // English-only models take no language or task token.
@@ -495,7 +488,7 @@ mod tests {
     #[test]
     fn silence_is_the_padding_constant_and_a_tone_lights_its_band() {
         let mel = LogMel::new();
-        let silence = mel.features(&[0.0; 16_000], FRAMES);
+        let silence = mel.features(&[0.0; 16_000]);
         assert_eq!(silence.len(), N_MELS * FRAMES);
         // All -10 (log10 of the floor), so the peak is -10 and every value (−10+4)/4.
         assert!(silence.iter().all(|v| (*v - (-1.5)).abs() < 1e-6));
@@ -505,7 +498,7 @@ mod tests {
         let tone: Vec<f32> = (0..16_000)
             .map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 16_000.0).sin() * 0.5)
             .collect();
-        let f = mel.features(&tone, FRAMES);
+        let f = mel.features(&tone);
         let frame = 50;
         let loudest = (0..N_MELS)
             .max_by(|a, b| f[a * FRAMES + frame].total_cmp(&f[b * FRAMES + frame]))
