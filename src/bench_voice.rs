@@ -195,7 +195,7 @@ async fn talker(
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let send = |text: &str| ws::Message::Text(text.to_owned().into());
-    conn.send(send(r#"40/voice,{"pin":"2468"}"#))
+    conn.send(send(r#"40/voice,{"pin":"246810"}"#))
         .await
         .map_err(std::io::Error::other)?;
     let mut results = Vec::new();
@@ -273,7 +273,7 @@ fn start_server(port: u16, models: &Path) -> std::io::Result<Server> {
     let server = Server(
         Command::new(exe)
             .env("VOXIO_BIND", format!("127.0.0.1:{port}"))
-            .env("VOXIO_PIN", "2468")
+            .env("VOXIO_PIN", "246810")
             .env("VOXIO_MODELS_DIR", models)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

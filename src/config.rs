@@ -86,7 +86,8 @@ pub struct ServerArgs {
     /// Milliseconds a Redis operation may take before the page routes answer 503.
     #[arg(long, env = "VOXIO_REDIS_TIMEOUT_MS", default_value_t = 1000)]
     pub redis_timeout_ms: u64,
-    /// The PIN; unset (and no hash): a random 6-digit PIN is generated at start and printed once.
+    /// The PIN, at least 6 characters; unset (and no hash): a random 10-digit PIN is generated
+    /// at start and printed once.
     #[arg(long, env = "VOXIO_PIN", hide_env_values = true)]
     pub pin: Option<Secret>,
     /// The PIN as an Argon2 hash (PHC string), instead of VOXIO_PIN.
@@ -105,15 +106,23 @@ pub struct ServerArgs {
     /// Milliseconds a voice token (from /api/voice-token) stays valid.
     #[arg(long, env = "VOXIO_TOKEN_TTL_MS", default_value_t = 120_000)]
     pub token_ttl_ms: u64,
-    /// Failed PIN attempts allowed (per client address, per connection) before backoff.
+    /// PIN attempts a client address may make in a row without waiting (however many arrive
+    /// at once, on however many nodes); a wrong one beyond starts the backoff.
     #[arg(long, env = "VOXIO_PIN_FREE_ATTEMPTS", default_value_t = 3)]
     pub pin_free_attempts: u32,
-    /// First backoff after the free attempts, in milliseconds; doubles with each failure.
+    /// First backoff after the free attempts, in milliseconds; doubles with each attempt.
     #[arg(long, env = "VOXIO_PIN_BACKOFF_MS", default_value_t = 1000)]
     pub pin_backoff_ms: u64,
     /// Longest backoff, in milliseconds.
     #[arg(long, env = "VOXIO_PIN_BACKOFF_MAX_MS", default_value_t = 300_000)]
     pub pin_backoff_max_ms: u64,
+    /// Wrong PINs a minute across all clients; past it every attempt waits for the next minute
+    /// (so many addresses guess no faster than one). 0: no global budget.
+    #[arg(long, env = "VOXIO_PIN_GLOBAL_FAILURES_PER_MIN", default_value_t = 30)]
+    pub pin_global_failures_per_min: u32,
+    /// Argon2 PIN verifications (VOXIO_PIN_HASH) run at once, off the I/O threads.
+    #[arg(long, env = "VOXIO_PIN_VERIFY_CONCURRENCY", default_value_t = 2)]
+    pub pin_verify_concurrency: usize,
     /// The voice pipeline: `default` (VAD, speech-to-text, assistant, speech), or `none`
     /// (audio is acknowledged and dropped: for transport benchmarks).
     #[arg(long, env = "VOXIO_PIPELINE", default_value = "default")]

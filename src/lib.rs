@@ -5,6 +5,7 @@
 //! application in [`web`]; [`config`] holds every setting; [`protocol_test`] serves the
 //! endpoints external conformance suites drive.
 
+pub mod auth;
 pub mod bench_voice;
 pub mod cluster;
 pub mod config;

@@ -134,7 +134,7 @@ fn speech(text: &str) -> Vec<u8> {
 async fn voice_connect(addr: std::net::SocketAddr) -> WsConn {
     let mut conn = ws_connect(&format!("ws://{addr}/socket.io/?EIO=4&transport=websocket")).await;
     assert!(ws_text(&mut conn).await.starts_with("0{"));
-    ws_send(&mut conn, r#"40/voice,{"pin":"2468"}"#).await;
+    ws_send(&mut conn, r#"40/voice,{"pin":"246810"}"#).await;
     until(&mut conn, "session.ready", Duration::from_secs(10)).await;
     conn
 }
@@ -322,12 +322,12 @@ fn voice_server(
 ) -> TestServer {
     use voxio::voice::*;
     let io = SocketIo::new(SocketIoConfig::default());
-    let auth = Arc::new(VoiceAuth {
-        pin: voxio::web::auth::Pin::plain("2468"),
-        limiter: voxio::web::auth::AttemptLimiter::memory(Default::default()),
-        policy: Default::default(),
-        tokens: voxio::web::auth::TokenSigner::new(b"k", Duration::from_secs(60)),
-        revoked: voxio::web::auth::Revocations::memory(),
+    use voxio::auth::{Auth, MemoryAttempts, MemoryRevocations, Pin, PinGate, TokenSigner};
+    let attempts = Arc::new(MemoryAttempts::new(Default::default()));
+    let auth = Arc::new(Auth {
+        gate: PinGate::new(Pin::plain("246810").unwrap(), attempts, 1),
+        tokens: TokenSigner::new(b"k", Duration::from_secs(60)),
+        revoked: Arc::new(MemoryRevocations::default()),
         proxies: Default::default(),
     });
     let api = voxio::voice::openai::OpenAi {
@@ -517,7 +517,7 @@ async fn a_pipeline_moves_to_the_thread_of_the_websocket_its_session_upgraded_to
         let sent = post(
             &client,
             &url,
-            "40/voice,{\"pin\":\"2468\"}\u{1e}40/where,\u{1e}42/where,1[\"where\"]",
+            "40/voice,{\"pin\":\"246810\"}\u{1e}40/where,\u{1e}42/where,1[\"where\"]",
         )
         .await;
         assert_eq!(sent.status, 200);

@@ -23,7 +23,7 @@ async fn login(app: &AppServer, cookie: Option<&str>) -> String {
         req = req.insert_header(("Cookie", cookie));
     }
     let res = req
-        .send_json(&serde_json::json!({"pin": "2468"}))
+        .send_json(&serde_json::json!({"pin": "246810"}))
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 200);
@@ -68,7 +68,7 @@ async fn engine_socket(app: &AppServer) -> WsConn {
 /// A `/voice` socket over WebSocket, authenticated with the PIN in CONNECT.
 async fn voice_socket(app: &AppServer) -> WsConn {
     let mut conn = engine_socket(app).await;
-    ws_send(&mut conn, r#"40/voice,{"pin":"2468"}"#).await;
+    ws_send(&mut conn, r#"40/voice,{"pin":"246810"}"#).await;
     assert!(data(&mut conn).await.starts_with("40/voice,{\"sid\""));
     assert_eq!(
         data(&mut conn).await,
@@ -257,7 +257,7 @@ async fn cross_site_posts_are_refused() {
         let res = client()
             .post(app.url("/login"))
             .insert_header(header)
-            .send_json(&serde_json::json!({"pin": "2468"}))
+            .send_json(&serde_json::json!({"pin": "246810"}))
             .await
             .unwrap();
         assert_eq!(res.status().as_u16(), 403, "{header:?}");
@@ -290,19 +290,20 @@ async fn wrong_pins_back_off_per_address() {
                 .as_u16()
         }
     };
+    // The one free attempt is checked; its failure starts the backoff.
     assert_eq!(attempt("0000").await, 401);
-    assert_eq!(attempt("0000").await, 401);
+    assert_eq!(attempt("0000").await, 429);
     // Locked now, even for the right PIN.
-    assert_eq!(attempt("2468").await, 429);
+    assert_eq!(attempt("246810").await, 429);
     actix_rt::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(attempt("2468").await, 200);
+    assert_eq!(attempt("246810").await, 200);
 }
 
 async fn session_route_within(app: &AppServer, limit: Duration) -> (u16, Option<String>) {
     let started = Instant::now();
     let res = client()
         .post(app.url("/login"))
-        .send_json(&serde_json::json!({"pin": "2468"}))
+        .send_json(&serde_json::json!({"pin": "246810"}))
         .await
         .unwrap();
     assert!(started.elapsed() < limit, "took {:?}", started.elapsed());
@@ -380,7 +381,7 @@ async fn audio_before_authentication_is_refused() {
     assert!(data(&mut conn)
         .await
         .starts_with(r#"42/voice,["error",{"code":"unauthenticated""#));
-    ws_send(&mut conn, r#"42/voice,["authenticate",{"pin":"2468"}]"#).await;
+    ws_send(&mut conn, r#"42/voice,["authenticate",{"pin":"246810"}]"#).await;
     assert_eq!(
         data(&mut conn).await,
         r#"42/voice,["authenticated",{"via":"pin"}]"#

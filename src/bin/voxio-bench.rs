@@ -77,7 +77,7 @@ struct Common {
     #[arg(long, default_value_t = 100)]
     clients: usize,
     /// PIN sent in CONNECT auth.
-    #[arg(long, default_value = "2468")]
+    #[arg(long, default_value = "246810")]
     pin: String,
     /// `websocket`, or `upgrade` (polling handshake, then upgrade).
     #[arg(long, default_value = "websocket")]

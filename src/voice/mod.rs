@@ -17,40 +17,20 @@ pub mod turn;
 pub mod whisper;
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::{Auth, Refused};
 use crate::engineio::Sid;
 use crate::socketio::{ConnectError, ConnectRequest, Event, Payload, Socket, SocketIo};
 use crate::telemetry;
-use crate::web::auth::{
-    AttemptLimiter, Backoff, BackoffPolicy, Pin, Refusal, Revocations, TokenSigner,
-};
-use crate::web::proxy::TrustedProxies;
 use pipeline::{Pipeline, PipelineHandle, Stages};
 
 /// The namespace's name.
 pub const NAMESPACE: &str = "/voice";
-
-/// What authenticates voice sockets.
-pub struct VoiceAuth {
-    /// The PIN.
-    pub pin: Pin,
-    /// Failed attempts per client address.
-    pub limiter: AttemptLimiter,
-    /// Backoff per connection.
-    pub policy: BackoffPolicy,
-    /// Voice tokens from page logins.
-    pub tokens: TokenSigner,
-    /// Logins that logged out.
-    pub revoked: Revocations,
-    /// Proxies whose `X-Forwarded-For` names the client (for the per-address backoff).
-    pub proxies: TrustedProxies,
-}
 
 /// A socket's proof of authentication, kept in its extensions.
 #[derive(Debug, Clone)]
@@ -60,10 +40,6 @@ pub struct Authenticated {
     /// The page login behind a token.
     pub login: Option<String>,
 }
-
-/// Per-connection failed attempts.
-#[derive(Debug, Clone, Default)]
-struct ConnectionAttempts(Arc<Mutex<Backoff>>);
 
 /// Per-socket audio counters.
 #[derive(Debug, Clone, Default)]
@@ -87,100 +63,63 @@ fn auth_error(code: &str, message: &str, retry_after: Duration) -> Value {
     json!({ "code": code, "message": message, "retryAfterMs": retry_after.as_millis() as u64 })
 }
 
-fn client_key(ip: Option<IpAddr>) -> String {
-    ip.map(|ip| format!("ip:{ip}"))
-        .unwrap_or_else(|| "ip:unknown".to_owned())
+/// The body for a PIN attempt that did not authenticate (and counts a wrong one).
+fn pin_refused(refused: Refused) -> Value {
+    if matches!(refused, Refused::WrongPin(_)) {
+        telemetry::auth_failure("pin");
+    }
+    auth_error(refused.code(), refused.message(), refused.retry_after())
 }
 
-impl VoiceAuth {
-    /// Checks a PIN for the client at `key`, with backoff: the refusal body on failure.
-    async fn check_pin(&self, key: &str, pin: &str) -> Result<(), Value> {
-        match self.limiter.check(key).await {
-            Ok(()) => {}
-            Err(Refusal::Backoff(wait)) => {
-                return Err(auth_error(
-                    "rate_limited",
-                    "Too many wrong PINs; wait before trying again.",
-                    wait,
+/// CONNECT auth: `{token}` or `{pin}` authenticates (or refuses the CONNECT); anything else
+/// connects unauthenticated (the page may `authenticate` later).
+async fn connect(auth: &Auth, req: Arc<ConnectRequest>) -> Result<(), ConnectError> {
+    let refuse = |body: Value| {
+        let message = body["message"].as_str().unwrap_or("refused").to_owned();
+        Err(ConnectError::new(message).with_data(body))
+    };
+    let Some(payload) = &req.auth else {
+        return Ok(());
+    };
+    if let Ok(TokenAuth { token }) = TokenAuth::deserialize(payload) {
+        let claims = auth.tokens.verify(&token);
+        let revoked = match &claims {
+            Some(claims) => auth.revoked.is_revoked(&claims.login).await,
+            None => Ok(false),
+        };
+        return match (claims, revoked) {
+            (_, Err(_)) => refuse(pin_refused(Refused::Unavailable)),
+            (Some(claims), Ok(false)) => {
+                req.extensions.insert(Authenticated {
+                    via: "token",
+                    login: Some(claims.login),
+                });
+                Ok(())
+            }
+            _ => {
+                telemetry::auth_failure("token");
+                refuse(auth_error(
+                    "invalid_token",
+                    "The voice token is invalid or expired.",
+                    Duration::ZERO,
                 ))
             }
-            Err(Refusal::Unavailable) => {
-                return Err(auth_error(
-                    "unavailable",
-                    "Authentication is unavailable; try again shortly.",
-                    Duration::from_secs(1),
-                ))
+        };
+    }
+    if let Ok(PinAuth { pin }) = PinAuth::deserialize(payload) {
+        let client = auth.client(req.handshake.peer.map(|p| p.ip()), &req.handshake.headers);
+        return match auth.gate.attempt(&client, &pin).await {
+            Ok(_) => {
+                req.extensions.insert(Authenticated {
+                    via: "pin",
+                    login: None,
+                });
+                Ok(())
             }
-        }
-        if self.pin.verify(pin) {
-            self.limiter.succeed(key).await;
-            return Ok(());
-        }
-        telemetry::auth_failure("pin");
-        let wait = self
-            .limiter
-            .fail(key)
-            .await
-            .unwrap_or(Duration::from_secs(1));
-        Err(auth_error("invalid_pin", "Wrong PIN.", wait))
-    }
-
-    async fn connect(&self, req: Arc<ConnectRequest>) -> Result<(), ConnectError> {
-        let refuse = |body: Value| {
-            let message = body["message"].as_str().unwrap_or("refused").to_owned();
-            Err(ConnectError::new(message).with_data(body))
+            Err(refused) => refuse(pin_refused(refused)),
         };
-        let Some(auth) = &req.auth else {
-            return Ok(());
-        };
-        if let Ok(TokenAuth { token }) = TokenAuth::deserialize(auth) {
-            let claims = self.tokens.verify(&token);
-            let revoked = match &claims {
-                Some(claims) => self.revoked.is_revoked(&claims.login).await,
-                None => Ok(false),
-            };
-            return match (claims, revoked) {
-                (_, Err(_)) => refuse(auth_error(
-                    "unavailable",
-                    "Authentication is unavailable; try again shortly.",
-                    Duration::from_secs(1),
-                )),
-                (Some(claims), Ok(false)) => {
-                    req.extensions.insert(Authenticated {
-                        via: "token",
-                        login: Some(claims.login),
-                    });
-                    Ok(())
-                }
-                _ => {
-                    telemetry::auth_failure("token");
-                    refuse(auth_error(
-                        "invalid_token",
-                        "The voice token is invalid or expired.",
-                        Duration::ZERO,
-                    ))
-                }
-            };
-        }
-        if let Ok(PinAuth { pin }) = PinAuth::deserialize(auth) {
-            let key = client_key(
-                self.proxies
-                    .client_ip(req.handshake.peer.map(|p| p.ip()), &req.handshake.headers),
-            );
-            return match self.check_pin(&key, &pin).await {
-                Ok(()) => {
-                    req.extensions.insert(Authenticated {
-                        via: "pin",
-                        login: None,
-                    });
-                    Ok(())
-                }
-                Err(body) => refuse(body),
-            };
-        }
-        // Any other auth payload: connected, not authenticated (the page may authenticate).
-        Ok(())
     }
+    Ok(())
 }
 
 fn authenticated(socket: &Socket) -> bool {
@@ -241,7 +180,7 @@ fn on_authenticated(voice: &Voice, socket: &Socket, who: &Authenticated) {
 /// acknowledged and dropped, for transport benchmarks).
 pub struct Voice {
     /// PIN, limits, tokens.
-    pub auth: Arc<VoiceAuth>,
+    pub auth: Arc<Auth>,
     /// The voice pipeline's stages.
     pub stages: Option<Arc<Stages>>,
     /// The running pipelines.
@@ -288,10 +227,9 @@ pub fn namespace(io: &SocketIo, voice: Arc<Voice>) {
     io.namespace(NAMESPACE, move |ns| {
         ns.middleware_async(move |req| {
             let auth = connecting.clone();
-            async move { auth.connect(req).await }
+            async move { connect(&auth, req).await }
         })
         .on_connect(move |socket| {
-            socket.extensions().insert(ConnectionAttempts::default());
             if let Some(who) = socket.extensions().get::<Authenticated>() {
                 on_authenticated(&connected, socket, &who);
             }
@@ -383,50 +321,49 @@ pub fn namespace(io: &SocketIo, voice: Arc<Voice>) {
     });
 }
 
+/// PIN attempts being checked for a socket: a second `authenticate` while one is pending is
+/// refused at once (the client address's own limit holds across connections and nodes).
+#[derive(Debug, Clone, Default)]
+struct PendingPin(Arc<std::sync::atomic::AtomicBool>);
+
 fn authenticate(voice: Arc<Voice>, socket: Socket, event: Event) {
-    let auth = voice.auth.clone();
+    let reply = |socket: &Socket, ack: Option<crate::socketio::AckSender>, body: Value| {
+        if let Some(ack) = ack {
+            let _ = ack.send(Payload::from(body.clone()));
+        }
+        let _ = socket.emit("auth_error", body);
+    };
     if let Some(who) = socket.extensions().get::<Authenticated>() {
         let _ = socket.emit("authenticated", json!({ "via": who.via }));
         return;
     }
-    let attempts = socket
-        .extensions()
-        .get::<ConnectionAttempts>()
-        .unwrap_or_default();
-    let now = Instant::now();
-    let local_wait = attempts
-        .0
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retry_after(now);
-    let reply =
-        |socket: &Socket, ack: Option<crate::socketio::AckSender>, name: &str, body: Value| {
-            if let Some(ack) = ack {
-                let _ = ack.send(Payload::from(body.clone()));
-            }
-            let _ = socket.emit(name, body);
-        };
-    if let Some(wait) = local_wait {
-        let body = auth_error(
-            "rate_limited",
-            "Too many wrong PINs; wait before trying again.",
-            wait,
-        );
-        return reply(&socket, event.ack, "auth_error", body);
-    }
     let Ok(PinAuth { pin }) = event.data.get::<PinAuth>(0) else {
         let body = auth_error("bad_request", "Send {pin} to authenticate.", Duration::ZERO);
-        return reply(&socket, event.ack, "auth_error", body);
+        return reply(&socket, event.ack, body);
     };
+    let pending = socket.extensions().get::<PendingPin>().unwrap_or_else(|| {
+        let pending = PendingPin::default();
+        socket.extensions().insert(pending.clone());
+        pending
+    });
+    if pending.0.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        let body = pin_refused(Refused::Limited(Duration::from_millis(500)));
+        return reply(&socket, event.ack, body);
+    }
+    let auth = voice.auth.clone();
     let handshake = socket.handshake();
-    let key = client_key(
-        auth.proxies
-            .client_ip(handshake.peer.map(|p| p.ip()), &handshake.headers),
-    );
+    let client = auth.client(handshake.peer.map(|p| p.ip()), &handshake.headers);
     let ack = event.ack;
     actix_rt::spawn(async move {
-        match auth.check_pin(&key, &pin).await {
-            Ok(()) => {
+        let result = auth.gate.attempt(&client, &pin).await;
+        pending.0.store(false, std::sync::atomic::Ordering::Release);
+        match result {
+            // A socket that left while its PIN was checked starts nothing.
+            Ok(_) if !socket.connected() => {}
+            Ok(_) if socket.extensions().contains::<Authenticated>() => {
+                let _ = socket.emit("authenticated", json!({ "via": "pin" }));
+            }
+            Ok(_) => {
                 let who = Authenticated {
                     via: "pin",
                     login: None,
@@ -437,18 +374,7 @@ fn authenticate(voice: Arc<Voice>, socket: Socket, event: Event) {
                 }
                 on_authenticated(&voice, &socket, &who);
             }
-            Err(mut body) => {
-                if body["code"] == "invalid_pin" {
-                    let local = attempts
-                        .0
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .fail(&auth.policy, Instant::now());
-                    let shared = body["retryAfterMs"].as_u64().unwrap_or(0);
-                    body["retryAfterMs"] = json!(shared.max(local.as_millis() as u64));
-                }
-                reply(&socket, ack, "auth_error", body);
-            }
+            Err(refused) => reply(&socket, ack, pin_refused(refused)),
         }
     });
 }

@@ -7,11 +7,8 @@
 //! disconnects that login's sockets. POST routes refuse cross-site requests (Origin /
 //! Sec-Fetch-Site). Sessions never touch realtime traffic (see [`session`]).
 
-pub mod auth;
-pub mod proxy;
 pub mod session;
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,12 +26,15 @@ use serde_json::json;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::auth::{
+    AttemptStore, Auth, Limits, MemoryAttempts, MemoryRevocations, Pin, PinGate, RedisAttempts,
+    RedisRevocations, Refused, Revocations, TokenSigner, TrustedProxies,
+};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::ServerArgs;
 use crate::engineio::{Engine, OriginPolicy};
 use crate::socketio::{SocketIo, SocketIoConfig};
-use crate::voice::{self, VoiceAuth};
-use auth::{AttemptLimiter, BackoffPolicy, Pin, Refusal, Revocations, TokenSigner};
+use crate::voice;
 use session::{BypassSessions, SessionStoreKind, StoreHealth};
 
 /// The path prefix of the Socket.IO endpoint.
@@ -48,7 +48,7 @@ pub struct Voxio {
     /// The Socket.IO server on it.
     pub io: SocketIo,
     /// PIN, limits and tokens.
-    pub auth: Arc<VoiceAuth>,
+    pub auth: Arc<Auth>,
     /// The `/voice` namespace's state (its running pipelines).
     pub voice: Arc<voice::Voice>,
     /// The other nodes, when Redis is configured.
@@ -83,7 +83,7 @@ impl Voxio {
                     .ok_or_else(|| anyhow::anyhow!("VOXIO_PIN_HASH is not an Argon2 PHC string"))?,
                 None,
             ),
-            (None, Some(pin)) => (Pin::plain(&pin.0), None),
+            (None, Some(pin)) => (Pin::plain(&pin.0).map_err(|e| anyhow::anyhow!(e))?, None),
             (None, None) => {
                 let (text, pin) = Pin::generate();
                 (pin, Some(text))
@@ -98,17 +98,21 @@ impl Voxio {
                 random
             }
         };
-        let policy = BackoffPolicy {
+        let limits = Limits {
             free_attempts: args.pin_free_attempts,
             base: Duration::from_millis(args.pin_backoff_ms),
             max: Duration::from_millis(args.pin_backoff_max_ms),
-            ..BackoffPolicy::default()
+            global_per_minute: args.pin_global_failures_per_min,
+            ..Limits::default()
         };
         let redis_timeout = Duration::from_millis(args.redis_timeout_ms);
-        let (limiter, revoked, redis_store, redis_ping) = match &args.redis_url {
+        type Stores = (Arc<dyn AttemptStore>, Arc<dyn Revocations>);
+        let ((attempts, revoked), redis_store, redis_ping): (Stores, _, _) = match &args.redis_url {
             None => (
-                AttemptLimiter::memory(policy),
-                Revocations::memory(),
+                (
+                    Arc::new(MemoryAttempts::new(limits)),
+                    Arc::new(MemoryRevocations::default()),
+                ),
                 None,
                 None,
             ),
@@ -124,15 +128,17 @@ impl Voxio {
                     .await
                     .map_err(|e| anyhow::anyhow!("Redis session store: {e}"))?;
                 (
-                    AttemptLimiter::Redis {
-                        policy,
-                        connection: connection.clone(),
-                        timeout: redis_timeout,
-                    },
-                    Revocations::Redis {
-                        connection: connection.clone(),
-                        timeout: redis_timeout,
-                    },
+                    (
+                        Arc::new(RedisAttempts {
+                            limits,
+                            connection: connection.clone(),
+                            timeout: redis_timeout,
+                        }),
+                        Arc::new(RedisRevocations {
+                            connection: connection.clone(),
+                            timeout: redis_timeout,
+                        }),
+                    ),
                     Some((store, redis_timeout, Arc::new(StoreHealth::default()))),
                     Some((connection, redis_timeout)),
                 )
@@ -144,14 +150,12 @@ impl Voxio {
             other => anyhow::bail!("VOXIO_PIPELINE must be default or none, not {other:?}"),
         };
         let proxies =
-            proxy::TrustedProxies::parse(&args.trusted_proxies).map_err(|e| anyhow::anyhow!(e))?;
-        let auth = Arc::new(VoiceAuth {
-            proxies,
-            pin,
-            limiter,
-            policy,
+            TrustedProxies::parse(&args.trusted_proxies).map_err(|e| anyhow::anyhow!(e))?;
+        let auth = Arc::new(Auth {
+            gate: PinGate::new(pin, attempts, args.pin_verify_concurrency),
             tokens: TokenSigner::new(&secret, Duration::from_millis(args.token_ttl_ms)),
             revoked,
+            proxies,
         });
         let io = SocketIo::new(SocketIoConfig::default());
         let voice = Arc::new(voice::Voice {
@@ -536,13 +540,6 @@ struct LoginForm {
     pin: String,
 }
 
-/// The client's address (behind a trusted proxy: the one it forwarded).
-fn peer_ip(req: &HttpRequest, app: &Voxio) -> Option<IpAddr> {
-    app.auth
-        .proxies
-        .client_ip(req.peer_addr().map(|a| a.ip()), req.headers())
-}
-
 async fn login(
     req: HttpRequest,
     app: web::Data<Voxio>,
@@ -567,34 +564,34 @@ async fn login(
             "Send the PIN as {\"pin\": \"...\"} or pin=...",
         );
     };
-    let key = format!(
-        "ip:{}",
-        peer_ip(&req, &app)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default()
-    );
-    match app.auth.limiter.check(&key).await {
-        Ok(()) => {}
-        Err(Refusal::Backoff(wait)) => return too_many(wait),
-        Err(Refusal::Unavailable) => {
-            return HttpResponse::ServiceUnavailable()
-                .insert_header((header::RETRY_AFTER, "1"))
-                .json(json!({"code": "unavailable", "message": "Authentication is unavailable; try again shortly."}))
+    let client = app
+        .auth
+        .client(req.peer_addr().map(|a| a.ip()), req.headers());
+    match app.auth.gate.attempt(&client, &form.pin).await {
+        Ok(_) => {}
+        Err(refused) => {
+            let status = match refused {
+                Refused::WrongPin(_) => {
+                    crate::telemetry::auth_failure("login");
+                    StatusCode::UNAUTHORIZED
+                }
+                Refused::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+                Refused::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let wait = refused.retry_after();
+            let mut response = HttpResponse::build(status);
+            response.insert_header((header::CACHE_CONTROL, "no-store"));
+            if status != StatusCode::UNAUTHORIZED {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                response.insert_header((header::RETRY_AFTER, secs.to_string()));
+            }
+            return response.json(json!({
+                "code": refused.code(),
+                "message": refused.message(),
+                "retryAfterMs": wait.as_millis() as u64,
+            }));
         }
     }
-    if !app.auth.pin.verify(&form.pin) {
-        crate::telemetry::auth_failure("login");
-        let wait = app
-            .auth
-            .limiter
-            .fail(&key)
-            .await
-            .unwrap_or(Duration::from_secs(1));
-        return HttpResponse::Unauthorized()
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .json(json!({"code": "invalid_pin", "message": "Wrong PIN.", "retryAfterMs": wait.as_millis() as u64}));
-    }
-    app.auth.limiter.succeed(&key).await;
     // A new session id at login: a session id planted before login is worth nothing after.
     session.renew();
     let mut id = [0u8; 16];
@@ -618,13 +615,6 @@ fn serde_urlencoded_pin(body: &[u8]) -> Option<LoginForm> {
         let (k, v) = pair.split_once('=')?;
         (k == "pin").then(|| LoginForm { pin: v.to_owned() })
     })
-}
-
-fn too_many(wait: Duration) -> HttpResponse {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    HttpResponse::TooManyRequests()
-        .insert_header((header::RETRY_AFTER, secs.to_string()))
-        .json(json!({"code": "rate_limited", "message": "Too many wrong PINs; wait before trying again.", "retryAfterMs": wait.as_millis() as u64}))
 }
 
 async fn voice_token(app: web::Data<Voxio>, session: Session) -> HttpResponse {

@@ -297,9 +297,9 @@ impl AppServer {
         AppServer::with_args(&args)
     }
 
-    /// The app with PIN 2468 and exactly these extra arguments.
+    /// The app with PIN 246810 and exactly these extra arguments.
     pub fn with_args(extra: &[&str]) -> AppServer {
-        let mut argv = vec!["voxio", "--pin", "2468", "--static-dir", "static"];
+        let mut argv = vec!["voxio", "--pin", "246810", "--static-dir", "static"];
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv).expect("arguments");
         let (addr, thread) = ServerThread::spawn(move || async move {

@@ -4,7 +4,7 @@ checked against $PIN, and every `audio` chunk acknowledged with {seq, bytes}, se
 the socket's audio events from 1. Nothing else.
 
 Start: ./run.sh PORT   (gunicorn -k eventlet -w 1 -b 127.0.0.1:$PORT app:app; PIN defaults
-to 2468)
+to 246810)
 """
 
 import os
@@ -12,7 +12,7 @@ import os
 from flask import Flask, request
 from flask_socketio import ConnectionRefusedError, SocketIO
 
-PIN = os.environ.get("PIN", "2468")
+PIN = os.environ.get("PIN", "246810")
 
 app = Flask(__name__)
 socketio = SocketIO(

@@ -3,13 +3,13 @@
 // CONNECT auth {pin} checked against $PIN, and every `audio` chunk acknowledged with
 // {seq, bytes}, seq counting the socket's audio events from 1. Nothing else.
 //
-// Start: node server.js PORT   (or PORT=... node server.js; PIN defaults to 2468)
+// Start: node server.js PORT   (or PORT=... node server.js; PIN defaults to 246810)
 import { createServer } from "node:http";
 import { Server } from "socket.io";
 
 const port = Number(process.argv[2] ?? process.env.PORT ?? 8080);
 const host = process.env.HOST ?? "127.0.0.1";
-const pin = process.env.PIN ?? "2468";
+const pin = process.env.PIN ?? "246810";
 
 const httpServer = createServer();
 const io = new Server(httpServer, {

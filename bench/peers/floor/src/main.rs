@@ -8,7 +8,7 @@
 //! heartbeat, no limits, no JSON parser. What it costs per 1,000 acks is what the kernel and
 //! the runtime cost on this machine, the bound under any real server's number.
 //!
-//!     voxio-peer-floor PORT      (PIN from the environment, default 2468; FLOOR_THREADS, 2)
+//!     voxio-peer-floor PORT      (PIN from the environment, default 246810; FLOOR_THREADS, 2)
 
 use std::io::Write;
 
@@ -44,7 +44,7 @@ async fn serve_port() {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .unwrap_or(9003);
-    let pin = std::env::var("PIN").unwrap_or_else(|_| "2468".into());
+    let pin = std::env::var("PIN").unwrap_or_else(|_| "246810".into());
     let pin: &'static str = Box::leak(pin.into_boxed_str());
     let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
     loop {

@@ -1,6 +1,6 @@
 //! Benchmark peer: socketioxide on axum, behaving like voxio's `/voice` namespace with the
 //! pipeline off: the PIN checked in CONNECT auth, every `audio` event acknowledged with
-//! `{seq, bytes}`. `voxio-peer-socketioxide PORT` (PIN from env PIN, default 2468).
+//! `{seq, bytes}`. `voxio-peer-socketioxide PORT` (PIN from env PIN, default 246810).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,7 +25,7 @@ impl std::fmt::Display for Refused {
 }
 
 async fn check_pin(Data(auth): Data<Auth>) -> Result<(), Refused> {
-    let pin = std::env::var("PIN").unwrap_or_else(|_| "2468".into());
+    let pin = std::env::var("PIN").unwrap_or_else(|_| "246810".into());
     if auth.pin == pin {
         Ok(())
     } else {

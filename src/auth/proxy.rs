@@ -34,15 +34,17 @@ impl TrustedProxies {
     }
 
     /// The client's address: the peer's, unless the peer is a trusted proxy; then the nearest
-    /// address in `X-Forwarded-For` that is not itself a trusted proxy (read from the right:
-    /// entries further left were written by whoever came before, and may be forged).
+    /// address in `X-Forwarded-For` that is not itself a trusted proxy (read from the right,
+    /// starting at the last header line: entries further left, or on earlier lines, were
+    /// written by whoever came before, and may be forged).
     pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = peer?;
         if !self.trusts(peer) {
             return Some(peer);
         }
         let mut nearest = peer;
-        for value in headers.get_all("x-forwarded-for") {
+        let lines: Vec<_> = headers.get_all("x-forwarded-for").collect();
+        for value in lines.into_iter().rev() {
             let Ok(text) = value.to_str() else {
                 return Some(nearest);
             };
@@ -102,8 +104,11 @@ mod tests {
         // Two proxies in a row.
         let h = headers(&["203.0.113.7, 10.1.2.3"]);
         assert_eq!(proxies.client_ip(ip("127.0.0.1"), &h), ip("203.0.113.7"));
-        // Several headers count as one list.
+        // Several header lines count as one list, the last line nearest.
         let h = headers(&["203.0.113.7", "10.1.2.3"]);
+        assert_eq!(proxies.client_ip(ip("127.0.0.1"), &h), ip("203.0.113.7"));
+        // A forged line the client sent before the proxy's own is not believed.
+        let h = headers(&["6.6.6.6", "203.0.113.7"]);
         assert_eq!(proxies.client_ip(ip("127.0.0.1"), &h), ip("203.0.113.7"));
         // No header, or garbage: the proxy itself.
         assert_eq!(
