@@ -103,6 +103,9 @@ pub struct ServerArgs {
     /// Seconds a page login lasts.
     #[arg(long, env = "VOXIO_SESSION_TTL_S", default_value_t = 43_200)]
     pub session_ttl_s: u64,
+    /// Milliseconds a `/voice` socket may stay connected without authenticating.
+    #[arg(long, env = "VOXIO_AUTH_TIMEOUT_MS", default_value_t = 60_000)]
+    pub auth_timeout_ms: u64,
     /// Milliseconds a voice token (from /api/voice-token) stays valid.
     #[arg(long, env = "VOXIO_TOKEN_TTL_MS", default_value_t = 120_000)]
     pub token_ttl_ms: u64,
@@ -286,6 +289,10 @@ pub struct EngineArgs {
     /// Most sessions open at once; handshakes beyond it get 503.
     #[arg(long, env = "VOXIO_MAX_SESSIONS", default_value_t = 100_000)]
     pub max_sessions: usize,
+    /// Most sessions open at once from one client address (behind trusted proxies: the
+    /// forwarded one; IPv6: its /64); handshakes beyond it get 429. 0: no limit.
+    #[arg(long, env = "VOXIO_MAX_SESSIONS_PER_CLIENT", default_value_t = 256)]
+    pub max_sessions_per_client: usize,
     /// Most packets queued for one client; a reliable packet beyond it closes the session, a
     /// volatile one is dropped.
     #[arg(long, env = "VOXIO_OUTBOUND_QUEUE", default_value_t = 1024)]
@@ -310,6 +317,8 @@ impl EngineArgs {
             transports,
             origins: OriginPolicy::parse(&self.allowed_origins),
             max_sessions: self.max_sessions,
+            max_sessions_per_client: self.max_sessions_per_client,
+            client_of: Default::default(),
             outbound_queue: self.outbound_queue,
             max_fragments: self.max_ws_fragments,
         }

@@ -121,6 +121,10 @@ fn describe() {
         "voxio_shutting_down",
         "1 while the node drains for a shutdown"
     );
+    describe_gauge!(
+        "voxio_voice_pipelines",
+        "Voice pipelines running on this node (one per authenticated /voice socket)"
+    );
 }
 
 /// Engine.IO counters, one handle each per transport.
@@ -217,6 +221,11 @@ pub fn redis_error(component: &'static str) {
 }
 
 /// Sets how many cluster nodes this node hears.
+/// How many voice pipelines run now.
+pub(crate) fn voice_pipelines(n: usize) {
+    gauge!("voxio_voice_pipelines").set(n as f64);
+}
+
 pub fn cluster_nodes(n: usize) {
     gauge!("voxio_cluster_nodes").set(n as f64);
 }

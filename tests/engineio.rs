@@ -243,6 +243,32 @@ async fn close_packet_ends_a_polling_session() {
 }
 
 #[actix_rt::test]
+async fn close_packet_answers_the_waiting_poll_with_noop() {
+    let server = TestServer::echo(EngineConfig {
+        ping_interval: Duration::from_secs(10),
+        ..fast()
+    });
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    let url = server.url(&format!("transport=polling&sid={sid}"));
+    let waiting = actix_rt::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { get(&client, &url).await }
+    });
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(post(&client, &url, "1").await.status, 200);
+    let waiting = waiting.await.unwrap();
+    assert_eq!(
+        (waiting.status, waiting.text()),
+        (200, "6"),
+        "the poll waiting when the client closed gets noop, as from the reference server"
+    );
+    server.wait_sessions(0).await;
+    let after = get(&client, &url).await;
+    assert_eq!((after.status, after.code()), (400, 1));
+}
+
+#[actix_rt::test]
 async fn polling_heartbeat_first_ping_after_interval_then_timeout() {
     let server = TestServer::echo(fast());
     let client = client();
@@ -630,8 +656,13 @@ async fn close_reasons_reach_the_layer_above() {
 #[actix_rt::test]
 async fn two_hundred_polling_sessions_across_workers() {
     let threads = Arc::new(Mutex::new(HashSet::new()));
+    // One client task answers 200 sessions' pings: on two loaded cores a pong can take longer
+    // than fast()'s 200 ms, which is not what this test is about.
     let server = Arc::new(TestServer::start(
-        fast(),
+        EngineConfig {
+            ping_timeout: Duration::from_secs(2),
+            ..fast()
+        },
         Arc::new(ThreadRecorder(threads.clone())),
     ));
     let client = client();
@@ -657,7 +688,8 @@ async fn two_hundred_polling_sessions_across_workers() {
                     for packet in answer.text().split('\x1e') {
                         if packet == "2" {
                             pings += 1;
-                            assert_eq!(post(&client, &url, "3").await.status, 200);
+                            let pong = post(&client, &url, "3").await;
+                            assert_eq!(pong.status, 200, "pong: {}", pong.text());
                         } else {
                             assert_eq!(packet, message, "session {n}");
                             echoes += 1;

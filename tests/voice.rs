@@ -354,6 +354,7 @@ fn voice_server(
             auth,
             stages: Some(Arc::new(stages)),
             pipelines: Pipelines::default(),
+            auth_timeout: Duration::from_secs(60),
         }),
     );
     more(&io);

@@ -1,5 +1,7 @@
 //! Engine.IO server settings, each with its documented default.
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderMap};
@@ -54,6 +56,25 @@ impl OriginPolicy {
     }
 }
 
+/// A function from a handshake's peer address and headers to the client's key.
+pub type ClientFn = dyn Fn(Option<IpAddr>, &HeaderMap) -> Option<String> + Send + Sync;
+
+/// Names the client behind a handshake (the layer above knows which proxies to believe).
+#[derive(Clone)]
+pub struct ClientOf(pub Arc<ClientFn>);
+
+impl Default for ClientOf {
+    fn default() -> Self {
+        ClientOf(Arc::new(|peer, _| peer.map(|ip| ip.to_string())))
+    }
+}
+
+impl std::fmt::Debug for ClientOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientOf(..)")
+    }
+}
+
 /// The transports a server accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transports {
@@ -92,6 +113,12 @@ pub struct EngineConfig {
     pub origins: OriginPolicy,
     /// Most sessions open at once; a handshake beyond it gets 503. Default 100,000.
     pub max_sessions: usize,
+    /// Most sessions open at once from one client (as [`EngineConfig::client_of`] names it); a
+    /// handshake beyond it gets 429. 0 (the library's default): no limit; the voxio server sets
+    /// `VOXIO_MAX_SESSIONS_PER_CLIENT` (256).
+    pub max_sessions_per_client: usize,
+    /// Who a handshake comes from, for `max_sessions_per_client`. Default: the peer address.
+    pub client_of: ClientOf,
     /// Most packets queued for one client that it has not yet taken. A reliable packet beyond it
     /// closes the session (a client that cannot keep up is told so rather than silently losing
     /// data); a volatile one is dropped. Default 1,024.
@@ -111,6 +138,8 @@ impl Default for EngineConfig {
             transports: Transports::default(),
             origins: OriginPolicy::default(),
             max_sessions: 100_000,
+            max_sessions_per_client: 0,
+            client_of: ClientOf::default(),
             outbound_queue: 1024,
             max_fragments: 256,
         }

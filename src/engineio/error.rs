@@ -31,6 +31,9 @@ pub enum EngineError {
     /// The server holds `max_sessions` already (HTTP 503, code 3).
     #[error("Too many sessions")]
     TooManySessions,
+    /// This client holds `max_sessions_per_client` already (HTTP 429, code 3).
+    #[error("Too many sessions from this client")]
+    TooManyFromClient,
     /// The server is draining for a shutdown and takes no new session (HTTP 503, code 3).
     #[error("Server shutting down")]
     ShuttingDown,
@@ -46,6 +49,7 @@ impl EngineError {
             EngineError::BadRequest
             | EngineError::PayloadTooLarge
             | EngineError::TooManySessions
+            | EngineError::TooManyFromClient
             | EngineError::ShuttingDown => 3,
             EngineError::Forbidden => 4,
             EngineError::UnsupportedProtocolVersion => 5,
@@ -57,6 +61,7 @@ impl EngineError {
         match self {
             EngineError::Forbidden => StatusCode::FORBIDDEN,
             EngineError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            EngineError::TooManyFromClient => StatusCode::TOO_MANY_REQUESTS,
             EngineError::TooManySessions | EngineError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -67,7 +72,10 @@ impl EngineError {
     /// The HTTP answer: the status, and the JSON body.
     pub fn response(self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status());
-        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status(),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             response.insert_header(("Retry-After", "1"));
         }
         response.json(serde_json::json!({ "code": self.code(), "message": self.to_string() }))

@@ -30,7 +30,7 @@ use actix_web::http::header::HeaderMap;
 use bytes::Bytes;
 use bytestring::ByteString;
 
-pub use config::{EngineConfig, OriginPolicy, Transports};
+pub use config::{ClientOf, EngineConfig, OriginPolicy, Transports};
 pub use error::EngineError;
 pub use outbox::{MessageFrame, SendError, SessionHandle};
 pub use server::Engine;

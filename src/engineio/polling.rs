@@ -152,7 +152,14 @@ impl PollingSession {
         let outbox = core.machine.outbox();
         let mut frames = outbox.drain_payload(self.shared.config.max_payload);
         if core.machine.is_closed() {
-            frames.push(OutFrame::CLOSE);
+            // The client's own close packet ends its waiting poll with noop, as the reference
+            // server does; a close from this side is announced.
+            let by_client = core.machine.close_reason() == Some(CloseReason::TransportClose);
+            frames.push(if by_client {
+                OutFrame::NOOP
+            } else {
+                OutFrame::CLOSE
+            });
         } else if frames.is_empty() {
             if core.machine.polls_get_noop() {
                 frames.push(OutFrame::NOOP);

@@ -237,14 +237,21 @@ fn open_session(
     }
     let sid = Sid::generate();
     let outbox = Arc::new(Outbox::new(shared.config.outbound_queue));
+    let client = (shared.config.client_of.0)(req.peer_addr().map(|a| a.ip()), req.headers());
     let slot = shared
         .registry
         .reserve(
-            shared.config.max_sessions,
+            &shared.config,
+            client,
             transport,
             SessionHandle::new(sid, outbox.clone()),
         )
-        .inspect_err(|_| telemetry::refused("too many sessions"))?;
+        .inspect_err(|e| {
+            telemetry::refused(match e {
+                EngineError::TooManyFromClient => "too many sessions from one client",
+                _ => "too many sessions",
+            })
+        })?;
     let machine = Session::new(
         sid,
         &shared.config,
@@ -398,6 +405,8 @@ pub(crate) struct Registry {
     live: Arc<AtomicUsize>,
     /// A handle on each open session, held by its slot.
     handles: Arc<Mutex<HashMap<Sid, SessionHandle>>>,
+    /// Sessions open per client, counted by their slots.
+    per_client: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Registry {
@@ -427,12 +436,26 @@ impl Registry {
 
     fn reserve(
         &self,
-        max: usize,
+        config: &EngineConfig,
+        client: Option<String>,
         transport: TransportKind,
         handle: SessionHandle,
     ) -> Result<SessionSlot, EngineError> {
+        let client = client.filter(|_| config.max_sessions_per_client > 0);
+        if let Some(client) = &client {
+            let mut counts = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+            let count = counts.entry(client.clone()).or_insert(0);
+            if *count >= config.max_sessions_per_client {
+                return Err(EngineError::TooManyFromClient);
+            }
+            *count += 1;
+        }
+        let client = client.map(|key| ClientCount {
+            counts: self.per_client.clone(),
+            key,
+        });
         let before = self.live.fetch_add(1, Ordering::AcqRel);
-        if before >= max {
+        if before >= config.max_sessions {
             self.live.fetch_sub(1, Ordering::AcqRel);
             return Err(EngineError::TooManySessions);
         }
@@ -449,6 +472,7 @@ impl Registry {
             handles: self.handles.clone(),
             sid,
             transport: index,
+            _client: client,
         })
     }
 
@@ -469,6 +493,25 @@ pub(crate) struct SessionSlot {
     sid: Sid,
     /// The transport's index in the metrics.
     transport: usize,
+    _client: Option<ClientCount>,
+}
+
+/// One session counted against its client; the count goes down when it is dropped.
+struct ClientCount {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl SessionSlot {

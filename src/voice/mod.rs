@@ -159,6 +159,16 @@ pub fn log_out(io: &SocketIo, login: &str) -> usize {
 fn on_authenticated(voice: &Voice, socket: &Socket, who: &Authenticated) {
     if let Some(login) = &who.login {
         socket.join(login_room(login));
+        // A logout between the token check and the join above: its broadcast missed this
+        // socket, but the revocation was recorded before it, so this check sees it.
+        let (socket, auth, login) = (socket.clone(), voice.auth.clone(), login.clone());
+        actix_rt::spawn(async move {
+            if let Ok(true) = auth.revoked.is_revoked(&login).await {
+                let body = auth_error("logged_out", "You logged out.", Duration::ZERO);
+                let _ = socket.emit("auth_error", body);
+                socket.disconnect();
+            }
+        });
     }
     let _ = socket.emit("authenticated", json!({ "via": who.via }));
     if let Some(stages) = &voice.stages {
@@ -185,6 +195,8 @@ pub struct Voice {
     pub stages: Option<Arc<Stages>>,
     /// The running pipelines.
     pub pipelines: Pipelines,
+    /// How long a socket may stay connected without authenticating.
+    pub auth_timeout: Duration,
 }
 
 /// The running pipelines, by the Engine.IO session and socket they serve: what a shutdown
@@ -197,13 +209,19 @@ impl Pipelines {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Registers a socket's pipeline; a pipeline it already had is shut down.
     fn insert(&self, socket: &Socket, handle: PipelineHandle) {
-        self.lock()
-            .insert((socket.engine().sid(), socket.id()), handle);
+        let mut map = self.lock();
+        if let Some(old) = map.insert((socket.engine().sid(), socket.id()), handle) {
+            old.shutdown();
+        }
+        telemetry::voice_pipelines(map.len());
     }
 
     fn remove(&self, socket: &Socket) {
-        self.lock().remove(&(socket.engine().sid(), socket.id()));
+        let mut map = self.lock();
+        map.remove(&(socket.engine().sid(), socket.id()));
+        telemetry::voice_pipelines(map.len());
     }
 
     /// Engine.IO sessions with a voice turn in progress.
@@ -232,6 +250,8 @@ pub fn namespace(io: &SocketIo, voice: Arc<Voice>) {
         .on_connect(move |socket| {
             if let Some(who) = socket.extensions().get::<Authenticated>() {
                 on_authenticated(&connected, socket, &who);
+            } else {
+                disconnect_unless_authenticated(socket.clone(), connected.auth_timeout);
             }
         })
         .on("authenticate", move |socket, event| {
@@ -321,6 +341,23 @@ pub fn namespace(io: &SocketIo, voice: Arc<Voice>) {
     });
 }
 
+/// Ends a socket that has not authenticated within `timeout`: `auth_error {code:
+/// "auth_timeout"}`, then a Socket.IO DISCONNECT.
+fn disconnect_unless_authenticated(socket: Socket, timeout: Duration) {
+    actix_rt::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        if socket.connected() && !authenticated(&socket) {
+            let body = auth_error(
+                "auth_timeout",
+                "No PIN came in time; connect again to authenticate.",
+                Duration::ZERO,
+            );
+            let _ = socket.emit("auth_error", body);
+            socket.disconnect();
+        }
+    });
+}
+
 /// PIN attempts being checked for a socket: a second `authenticate` while one is pending is
 /// refused at once (the client address's own limit holds across connections and nodes).
 #[derive(Debug, Clone, Default)]
@@ -334,6 +371,10 @@ fn authenticate(voice: Arc<Voice>, socket: Socket, event: Event) {
         let _ = socket.emit("auth_error", body);
     };
     if let Some(who) = socket.extensions().get::<Authenticated>() {
+        // Already in: said again, and nothing new is started.
+        if let Some(ack) = event.ack {
+            let _ = ack.send(json!({ "via": who.via }));
+        }
         let _ = socket.emit("authenticated", json!({ "via": who.via }));
         return;
     }
@@ -361,6 +402,9 @@ fn authenticate(voice: Arc<Voice>, socket: Socket, event: Event) {
             // A socket that left while its PIN was checked starts nothing.
             Ok(_) if !socket.connected() => {}
             Ok(_) if socket.extensions().contains::<Authenticated>() => {
+                if let Some(ack) = ack {
+                    let _ = ack.send(json!({ "via": "pin" }));
+                }
                 let _ = socket.emit("authenticated", json!({ "via": "pin" }));
             }
             Ok(_) => {

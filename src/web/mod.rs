@@ -162,6 +162,7 @@ impl Voxio {
             auth: auth.clone(),
             stages,
             pipelines: voice::Pipelines::default(),
+            auth_timeout: Duration::from_millis(args.auth_timeout_ms),
         });
         voice::namespace(&io, voice.clone());
         let cluster = match &args.redis_url {
@@ -178,7 +179,11 @@ impl Voxio {
                 },
             )?),
         };
-        let engine_config = args.engine.engine_config();
+        let mut engine_config = args.engine.engine_config();
+        let proxies = auth.proxies.clone();
+        engine_config.client_of = crate::engineio::ClientOf(Arc::new(move |peer, headers| {
+            Some(crate::auth::client_key(proxies.client_ip(peer, headers)))
+        }));
         let origins = engine_config.origins.clone();
         let engine = Engine::new(engine_config, io.engine_handler());
         Ok(Startup {

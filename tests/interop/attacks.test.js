@@ -227,3 +227,163 @@ describe("PIN guessing, two nodes on one Redis", () => {
     assertHeld("redis, two nodes, 2×300 authenticate + 60 CONNECT + 50 login", results.flat(), await checked([a, b]));
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+// Limits and races around authentication.
+
+const PIN_HASH = "$argon2id$v=19$m=19456,t=2,p=1$uk4oqX9ggaIj31ROv8/uag$7c7KcslbgMIKZn/NakoU2bfmavCjF1oV4ZeuJPbH6vQ"; // "482915"
+
+async function pipelines(node) {
+  return (await scrapeMetrics(node.httpUrl)).get("voxio_voice_pipelines") ?? 0;
+}
+
+async function until(what, check, ms = 5000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+function voice(node, opts = {}) {
+  const socket = io(node.httpUrl + "/voice", {
+    forceNew: true,
+    transports: ["websocket"],
+    reconnection: false,
+    timeout: 5000,
+    ...opts,
+  });
+  return { socket, rec: new Recorder(socket) };
+}
+
+describe("limits and races", () => {
+  const nodes = [];
+  const start = async (env) => {
+    const node = await startVoxioServer({ env: { ...ENV, ...env } });
+    nodes.push(node);
+    return node;
+  };
+  after(async () => {
+    for (const node of nodes) await node.stop();
+  });
+
+  test("sessions per client address are capped; another address and a freed slot get in", OPTS, async () => {
+    const node = await start({ VOXIO_MAX_SESSIONS_PER_CLIENT: "3" });
+    const handshake = (localAddress) =>
+      new Promise((resolve, reject) => {
+        const req = http.get(`${node.httpUrl}/socket.io/?EIO=4&transport=polling`, { localAddress }, (res) => {
+          let body = "";
+          res.on("data", (d) => (body += d));
+          res.on("end", () => resolve({ status: res.statusCode, body }));
+        });
+        req.on("error", reject);
+      });
+    const opened = [];
+    for (let i = 0; i < 3; i++) opened.push(await handshake("127.0.0.1"));
+    assert.deepEqual(opened.map((r) => r.status), [200, 200, 200]);
+    const refused = await handshake("127.0.0.1");
+    console.log(`# session cap 3: the 4th handshake from one address got ${refused.status} ${refused.body}`);
+    assert.equal(refused.status, 429, "the 4th session from one address is refused");
+    assert.equal(JSON.parse(refused.body).code, 3);
+    assert.equal((await handshake("127.0.0.3")).status, 200, "another address is not held back");
+    // Closing one of the three frees its slot.
+    const sid = JSON.parse(opened[0].body.slice(1)).sid;
+    await fetch(`${node.httpUrl}/socket.io/?EIO=4&transport=polling&sid=${sid}`, { method: "POST", body: "1" });
+    await until("a freed slot", async () => (await handshake("127.0.0.1")).status === 200);
+  });
+
+  test("a /voice socket that does not authenticate in time is disconnected", OPTS, async () => {
+    const node = await start({ VOXIO_AUTH_TIMEOUT_MS: "400" });
+    const started = Date.now();
+    const idle = voice(node);
+    await idle.rec.next("connect");
+    const [err] = await idle.rec.next("auth_error", 3000);
+    assert.equal(err.code, "auth_timeout");
+    const [reason] = await idle.rec.next("disconnect", 3000);
+    assert.equal(reason, "io server disconnect");
+    console.log(`# auth timeout 400 ms: disconnected after ${Date.now() - started} ms`);
+    // One that authenticates in time stays.
+    const quick = voice(node, { auth: { pin: node.pin } });
+    await quick.rec.next("authenticated");
+    await new Promise((r) => setTimeout(r, 800));
+    assert.ok(quick.socket.connected, "an authenticated socket is not timed out");
+    quick.socket.disconnect();
+  });
+
+  test("no pipeline outlives its socket: a second authenticate, a disconnect while the PIN is checked", OPTS, async () => {
+    const node = await start({ VOXIO_PIPELINE: "default", VOXIO_PIN_HASH: PIN_HASH, VOXIO_PIN_FREE_ATTEMPTS: "100" });
+    assert.equal(await pipelines(node), 0);
+    const a = voice(node);
+    await a.rec.next("connect");
+    const first = await a.socket.timeout(10_000).emitWithAck("authenticate", { pin: node.pin });
+    assert.deepEqual(first, { via: "pin" });
+    const again = await a.socket.timeout(10_000).emitWithAck("authenticate", { pin: node.pin });
+    assert.deepEqual(again, { via: "pin" }, "a second authenticate is acked and starts nothing");
+    assert.equal(await until("one pipeline", async () => (await pipelines(node)) === 1 && 1), 1);
+    // Ten sockets leave while their (Argon2) PIN check is running.
+    let left = 0;
+    for (let i = 0; i < 10; i++) {
+      const b = voice(node);
+      await b.rec.next("connect");
+      b.socket.emit("authenticate", { pin: node.pin });
+      await new Promise((r) => setTimeout(r, 5));
+      b.socket.disconnect();
+      left++;
+    }
+    await new Promise((r) => setTimeout(r, 3000)); // every pending check has finished by now
+    const live = await pipelines(node);
+    console.log(`# pipelines after 1 double authenticate and ${left} disconnects mid-check: ${live}`);
+    assert.equal(live, 1, "only the connected socket's pipeline runs");
+    a.socket.disconnect();
+    await until("no pipeline", async () => (await pipelines(node)) === 0);
+  });
+
+  test("a token connecting while its login logs out ends disconnected", OPTS, async () => {
+    const node = await start({});
+    const ROUNDS = 20;
+    let refused = 0;
+    let cut = 0;
+    for (let i = 0; i < ROUNDS; i++) {
+      const res = await fetch(node.httpUrl + "/login", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ pin: node.pin }),
+      });
+      assert.equal(res.status, 200);
+      const cookie = res.headers.getSetCookie().find((c) => c.startsWith("voxio_session=")).split(";")[0];
+      const { token } = await (await fetch(node.httpUrl + "/api/voice-token", { headers: { cookie } })).json();
+      const s = voice(node, { auth: { token } });
+      // The logout goes out a little after the CONNECT, racing its token check.
+      await new Promise((r) => setTimeout(r, i % 5));
+      const out = await fetch(node.httpUrl + "/logout", { method: "POST", headers: { cookie } });
+      assert.equal(out.status, 204);
+      const first = await s.rec.nextOf(["connect", "connect_error"], 5000);
+      if (first.event === "connect_error") {
+        refused++;
+      } else {
+        if (s.socket.connected) await s.rec.next("disconnect", 3000);
+        cut++;
+      }
+      assert.ok(!s.socket.connected, `round ${i}: the socket ends disconnected`);
+    }
+    console.log(`# logout race, ${ROUNDS} rounds: ${refused} refused at CONNECT, ${cut} connected then cut`);
+  });
+
+  test("a forged Origin with a matching X-Forwarded-Host from an untrusted client is refused", OPTS, async () => {
+    const node = await start({});
+    const url = `${node.httpUrl}/socket.io/?EIO=4&transport=polling`;
+    const forged = await fetch(url, { headers: { origin: "http://evil.test", "x-forwarded-host": "evil.test", "x-forwarded-proto": "http" } });
+    assert.equal(forged.status, 403, "polling handshake");
+    const login = await fetch(node.httpUrl + "/login", {
+      method: "POST",
+      headers: { "content-type": "application/json", origin: "http://evil.test", "x-forwarded-host": "evil.test" },
+      body: JSON.stringify({ pin: node.pin }),
+    });
+    assert.equal(login.status, 403, "POST /login");
+    const same = await fetch(url, { headers: { origin: node.httpUrl } });
+    assert.equal(same.status, 200, "the real origin still works");
+    console.log(`# forged X-Forwarded-Host: handshake ${forged.status}, login ${login.status}; real origin ${same.status}`);
+  });
+});
