@@ -3,6 +3,9 @@
 // streams the microphone as 20 ms PCM16 frames (16 kHz mono, from capture-worklet.js) and
 // plays the assistant's speech (tts.audio) through Web Audio with a small jitter buffer.
 //
+// Browsers open the microphone only in a secure context (https://, or http://localhost): on
+// any other address the page says so and which address to open instead; typing still works.
+//
 // window.voxioStats exposes counters for tests and debugging.
 "use strict";
 
@@ -26,6 +29,7 @@
     pin: $("pin"),
     authSubmit: $("auth-submit"),
     authError: $("auth-error"),
+    authMic: $("auth-mic"),
     voice: $("voice"),
     mic: $("mic"),
     micState: $("mic-state"),
@@ -53,6 +57,7 @@
     authenticated: false,
     ready: false,
     pipeline: null,
+    micUnavailable: null, // why the microphone cannot start here: "insecure-context" | "no-capture" | "no-worklet"
     captureRate: null,
     audioFramesSent: 0,
     audioFramesDropped: 0,
@@ -96,6 +101,52 @@
     el.notice.hidden = false;
     clearTimeout(noticeTimer);
     if (ms) noticeTimer = setTimeout(() => (el.notice.hidden = true), ms);
+  }
+
+  // -------------------------------------------------------------------------------------
+  // Whether this page can open the microphone at all
+
+  stats.micUnavailable = micUnavailableReason();
+  if (stats.micUnavailable) {
+    el.mic.disabled = true;
+    el.mic.dataset.unavailable = stats.micUnavailable;
+    el.micState.classList.add("warning");
+    el.micState.replaceChildren(...micUnavailableMessage());
+    el.authMic.replaceChildren(...micUnavailableMessage());
+    el.authMic.hidden = false;
+  }
+
+  function micUnavailableReason() {
+    // getUserMedia and AudioWorklet exist only in secure contexts.
+    if (window.isSecureContext === false) return "insecure-context";
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) return "no-capture";
+    if (typeof AudioWorkletNode !== "function") return "no-worklet";
+    return null;
+  }
+
+  /** Why the microphone cannot start here and what to do (text and links). */
+  function micUnavailableMessage() {
+    if (stats.micUnavailable === "insecure-context") {
+      const { host, port, pathname, search } = window.location;
+      const link = (href) => {
+        const a = document.createElement("a");
+        a.href = href;
+        a.textContent = href;
+        return a;
+      };
+      return [
+        "The microphone cannot start at this address: browsers only open the microphone on https:// " +
+          "or http://localhost. Open ",
+        link(`https://${host}${pathname}${search}`),
+        " instead, or ",
+        link(`http://localhost${port ? `:${port}` : ""}${pathname}${search}`),
+        " on the machine that runs voxio. Typing works here.",
+      ];
+    }
+    if (stats.micUnavailable === "no-capture") {
+      return ["The microphone cannot start: this browser cannot capture audio. Typing works here."];
+    }
+    return ["The microphone cannot start: this browser has no AudioWorklet. Typing works here."];
   }
 
   function updateTransport() {
@@ -251,9 +302,11 @@
 
   function setVoiceEnabled(on) {
     const pipeline = stats.pipeline !== false;
-    el.mic.disabled = !(on && pipeline) && !mic.running;
+    el.mic.disabled = Boolean(stats.micUnavailable) || (!(on && pipeline) && !mic.running);
     el.textSend.disabled = !on;
-    if (on && !pipeline) el.micState.textContent = "Voice is turned off on this server; typing works.";
+    if (on && !pipeline && !stats.micUnavailable) {
+      el.micState.textContent = "Voice is turned off on this server; typing works.";
+    }
   }
 
   // -------------------------------------------------------------------------------------
@@ -439,12 +492,8 @@
   }
 
   async function startMic() {
-    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      notice("This browser cannot capture audio here (it needs HTTPS or localhost).", 0);
-      return;
-    }
-    if (typeof AudioWorkletNode !== "function") {
-      notice("This browser has no AudioWorklet: the microphone cannot be used.", 0);
+    if (stats.micUnavailable) {
+      el.micState.replaceChildren(...micUnavailableMessage());
       return;
     }
     mic.busy = true;

@@ -1,0 +1,313 @@
+// The page through the compose deployment's nginx over HTTPS, on loopback: a real Redis, two
+// voxio nodes on it (same VOXIO_SECRET and PIN, nginx a trusted proxy, Secure cookie), and
+// nginx from deploy/nginx.conf plus deploy/nginx-tls.conf (see nginx-tls.js) with a certificate
+// made here. Chromium (Debian's, driven by playwright-core) ignores that the certificate is
+// self-signed; its fake microphone says "add bread to my list" (flite, padded by sox).
+//
+// 1. https://localhost:PORT/: the PIN typed, "Authenticated", the microphone started, the
+//    spoken words come back as the final transcript; the socket is on WebSocket over wss://
+//    (the handshake answers 101); the page carries HSTS; no console error or failed request.
+// 2. Plain HTTP on the redirect port answers 301 to the same path on the HTTPS port.
+// 3. An insecure context (http:// on a name that is not localhost, through nginx.conf's plain
+//    proxy on a port other than 80): the page connects (the Host nginx forwards keeps its port,
+//    so the same-origin check passes) and says why the microphone cannot start and which
+//    address to open instead; typing still works.
+//
+// Prints the measured times as `# ...` lines. Environment: CHROMIUM_BIN, NGINX_BIN, VOXIO_BIN.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { existsSync } from "node:fs";
+import { mkdtemp, mkdir, readFile, rm } from "node:fs/promises";
+import http from "node:http";
+import https from "node:https";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { startVoxioServer, startRedis, bounded } from "../interop/helpers.js";
+import { checkNginxSsl, makeCertificate, startTlsNginx } from "./nginx-tls.js";
+
+const execFileP = promisify(execFile);
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ARTIFACTS = path.join(HERE, "artifacts");
+const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
+const CLIENT_JS = path.resolve(HERE, "../../client/node_modules/socket.io-client/dist/socket.io.min.js");
+const PHRASE = "add bread to my list";
+const SECRET = "proxy-test-secret-0123456789abcdef0123456789";
+// A name that resolves to loopback in this browser only, so that http:// on it is insecure.
+const LAN_NAME = "voxio.test";
+
+let tmp;
+let tls; // { dir, cert, key }
+let redis;
+let nodes = [];
+let nginx;
+let browser;
+
+before(async () => {
+  assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_BIN)`);
+  assert.ok(existsSync(CLIENT_JS), `Socket.IO client bundle not found at ${CLIENT_JS} (npm ci in client/)`);
+  await checkNginxSsl();
+  await mkdir(ARTIFACTS, { recursive: true });
+  tmp = await mkdtemp(path.join(os.tmpdir(), "voxio-proxy-"));
+
+  // The fake microphone: 1 s of silence, the phrase, 3 s of silence (Chromium loops it).
+  const phrase = path.join(tmp, "phrase.wav");
+  const wav = path.join(tmp, "mic.wav");
+  await execFileP("flite", ["-voice", "slt", "-t", PHRASE, "-o", phrase], { timeout: 20_000 });
+  await execFileP("sox", [phrase, "-r", "16000", "-c", "1", "-b", "16", wav, "pad", "1", "3"], { timeout: 20_000 });
+
+  tls = await makeCertificate(path.join(tmp, "tls"));
+  redis = await startRedis();
+  const env = {
+    VOXIO_CLIENT_JS: CLIENT_JS,
+    VOXIO_REDIS_URL: redis.url,
+    VOXIO_SECRET: SECRET,
+    VOXIO_TRUSTED_PROXIES: "127.0.0.1",
+    VOXIO_COOKIE_SECURE: "true",
+  };
+  nodes = [await startVoxioServer({ env }), await startVoxioServer({ env })];
+  nginx = await startTlsNginx(
+    nodes.map((n) => n.port),
+    tls.dir,
+  );
+
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: 30_000,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--ignore-certificate-errors",
+      `--host-resolver-rules=MAP ${LAN_NAME} 127.0.0.1`,
+      "--use-fake-ui-for-media-stream",
+      "--use-fake-device-for-media-stream",
+      `--use-file-for-fake-audio-capture=${wav}`,
+      "--autoplay-policy=no-user-gesture-required",
+    ],
+  });
+});
+
+after(async () => {
+  if (browser) await browser.close().catch(() => {});
+  if (nginx) await nginx.stop();
+  for (const node of nodes) await node.stop();
+  if (redis) await redis.stop();
+  if (tmp) await rm(tmp, { recursive: true, force: true });
+});
+
+/** What `bounded` prints on failure: every node's output and nginx's. */
+const everyone = {
+  printLog(reason) {
+    nodes.forEach((node) => node.printLog(reason));
+    if (nginx) nginx.printLog(reason);
+  },
+};
+
+/** Waits for `fn()` to be true in the page; the error tells what the page saw. */
+async function waitStats(page, fn, ms, what) {
+  try {
+    await page.waitForFunction(fn, null, { timeout: ms, polling: 100 });
+  } catch (err) {
+    const seen = await page.evaluate(() => JSON.stringify(window.voxioStats)).catch(() => "(page gone)");
+    throw new Error(`${what} within ${ms} ms; voxioStats: ${seen} (${err.message.split("\n")[0]})`);
+  }
+}
+
+/**
+ * A new page at `origin`, recording console errors, page errors and failed requests in
+ * `problems`, and every WebSocket handshake (DevTools protocol) in `sockets`.
+ */
+async function openPage(origin, viewport, cleanup) {
+  const context = await browser.newContext({ viewport, deviceScaleFactor: 1, ignoreHTTPSErrors: true });
+  cleanup(() => context.close());
+  // Chromium grants nothing to an insecure origin (nor would a person be asked).
+  if (origin.startsWith("https:")) await context.grantPermissions(["microphone"], { origin });
+  const page = await context.newPage();
+  page.setDefaultTimeout(10_000);
+
+  const problems = [];
+  page.on("console", (msg) => {
+    if (msg.type() === "error") problems.push(`console error: ${msg.text()} (${msg.location().url || "?"})`);
+  });
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  page.on("response", (res) => {
+    if (res.status() >= 400) problems.push(`HTTP ${res.status()} for ${res.url()}`);
+  });
+
+  const sockets = new Map();
+  const cdp = await context.newCDPSession(page);
+  cdp.on("Network.webSocketCreated", ({ requestId, url }) => sockets.set(requestId, { url, status: null }));
+  cdp.on("Network.webSocketHandshakeResponseReceived", ({ requestId, response }) => {
+    const s = sockets.get(requestId) || { url: "?" };
+    sockets.set(requestId, { ...s, status: response.status });
+  });
+  await cdp.send("Network.enable");
+  return { page, problems, sockets };
+}
+
+/** Resolves when `pred()` is true (polled every 50 ms); rejects after `ms` with `what()`. */
+async function until(pred, ms, what) {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`${what()} within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** One GET with node's http/https: { status, headers }. */
+function get(url, options = {}) {
+  const lib = url.startsWith("https:") ? https : http;
+  return new Promise((resolve, reject) => {
+    const req = lib.get(url, { timeout: 5000, ...options }, (res) => {
+      res.resume();
+      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers }));
+    });
+    req.on("timeout", () => req.destroy(new Error(`GET ${url} timed out`)));
+    req.on("error", reject);
+  });
+}
+
+test(
+  "over HTTPS through nginx: PIN, microphone, transcript, on wss://",
+  { timeout: 75_000 },
+  bounded(() => everyone, 60_000, async (t, cleanup) => {
+    const origin = `https://localhost:${nginx.httpsPort}`;
+    const { page, problems, sockets } = await openPage(origin, { width: 1280, height: 800 }, cleanup);
+
+    const t0 = Date.now();
+    const res = await page.goto(`${origin}/`, { waitUntil: "load", timeout: 15_000 });
+    assert.equal(res.status(), 200);
+    assert.match(res.headers()["strict-transport-security"] || "", /max-age=\d+/, "HSTS on the page");
+    assert.equal(await page.evaluate(() => window.isSecureContext), true, "a secure context");
+    await page.getByText("Connected! Ready to authenticate.").waitFor({ timeout: 10_000 });
+    assert.equal(await page.locator("#auth-mic").isVisible(), false, "no microphone warning over HTTPS");
+
+    await page.getByLabel("PIN").fill(nodes[0].pin);
+    await page.getByLabel("PIN").press("Enter");
+    await page.waitForFunction(() => document.getElementById("status").textContent === "Authenticated", null, {
+      timeout: 10_000,
+    });
+    const authMs = Date.now() - t0;
+    await waitStats(page, () => window.voxioStats.ready, 10_000, "session.ready");
+    assert.equal(await page.evaluate(() => window.voxioStats.micUnavailable), null);
+
+    // The Engine.IO client ends on WebSocket, through nginx over TLS.
+    await waitStats(page, () => window.voxioStats.transport === "websocket", 10_000, "the client on WebSocket");
+    await until(
+      () => [...sockets.values()].some((s) => s.status === 101),
+      10_000,
+      () => `no WebSocket handshake answered 101 (seen: ${JSON.stringify([...sockets.values()])})`,
+    );
+    const ws = [...sockets.values()].find((s) => s.status === 101);
+    assert.ok(
+      ws.url.startsWith(`wss://localhost:${nginx.httpsPort}/socket.io/?`) && /transport=websocket/.test(ws.url),
+      `the WebSocket is wss:// through nginx: ${ws.url}`,
+    );
+
+    const tMic = Date.now();
+    await page.getByRole("button", { name: "Start microphone" }).click({ timeout: 10_000 });
+    await page.getByRole("button", { name: "Stop microphone" }).waitFor({ timeout: 10_000 });
+    await waitStats(
+      page,
+      () => window.voxioStats.finals.some((text) => /bread/i.test(text)),
+      25_000,
+      'a final transcript with "bread"',
+    );
+    const transcriptMs = Date.now() - tMic;
+    await page.locator("#final", { hasText: /bread/i }).waitFor({ timeout: 5_000 });
+    await page.screenshot({ path: path.join(ARTIFACTS, "proxy-https-transcript.png"), fullPage: true });
+    await page.getByRole("button", { name: "Stop microphone" }).click();
+
+    const stats = await page.evaluate(() => window.voxioStats);
+    console.log(`# https through nginx: authenticated ${authMs} ms after navigation started`);
+    console.log(`# https through nginx: final transcript ${transcriptMs} ms after the microphone button (${JSON.stringify(stats.finals)})`);
+    console.log(`# https through nginx: transport ${stats.transport}, WebSocket ${ws.url.split("?")[0]}`);
+    assert.equal(stats.transport, "websocket");
+    assert.deepEqual(stats.errors, [], "no error event from the server");
+    assert.deepEqual(problems, [], "no console error, page error or failed request");
+  }),
+);
+
+test(
+  "plain HTTP on the redirect port answers 301 to HTTPS; HSTS only over HTTPS",
+  { timeout: 20_000 },
+  bounded(() => everyone, 15_000, async () => {
+    const redirect = await get(`http://localhost:${nginx.redirectPort}/some/page?x=1`);
+    assert.equal(redirect.status, 301);
+    assert.equal(redirect.headers.location, `https://localhost:${nginx.httpsPort}/some/page?x=1`);
+
+    const ca = await readFile(tls.cert);
+    const secure = await get(`https://localhost:${nginx.httpsPort}/`, { ca });
+    assert.equal(secure.status, 200);
+    assert.match(secure.headers["strict-transport-security"] || "", /^max-age=\d+/);
+
+    const plain = await get(`http://localhost:${nginx.plainPort}/`);
+    assert.equal(plain.status, 200);
+    assert.equal(plain.headers["strict-transport-security"], undefined, "no HSTS over plain HTTP");
+  }),
+);
+
+test(
+  "an insecure context: the page says why the microphone cannot start and where to go; typing works",
+  { timeout: 60_000 },
+  bounded(() => everyone, 45_000, async (t, cleanup) => {
+    const origin = `http://${LAN_NAME}:${nginx.plainPort}`;
+    const { page, problems, sockets } = await openPage(origin, { width: 390, height: 844 }, cleanup);
+    await page.goto(`${origin}/`, { waitUntil: "load", timeout: 15_000 });
+    assert.equal(await page.evaluate(() => window.isSecureContext), false);
+
+    // Connected through nginx on a port other than 80, upgraded to WebSocket (ws://).
+    await page.getByText("Connected! Ready to authenticate.").waitFor({ timeout: 10_000 });
+    await waitStats(page, () => window.voxioStats.transport === "websocket", 10_000, "the client on WebSocket");
+    assert.ok(
+      [...sockets.values()].some((s) => s.status === 101 && s.url.startsWith(`ws://${LAN_NAME}:${nginx.plainPort}/`)),
+      `a ws:// handshake answered 101: ${JSON.stringify([...sockets.values()])}`,
+    );
+
+    // Before the PIN: the warning in the sign-in card, with both addresses to open.
+    const httpsUrl = `https://${LAN_NAME}:${nginx.plainPort}/`;
+    const localUrl = `http://localhost:${nginx.plainPort}/`;
+    const authMic = page.locator("#auth-mic");
+    await authMic.waitFor({ state: "visible", timeout: 5_000 });
+    assert.match(await authMic.textContent(), /browsers only open the microphone on https:\/\/ or http:\/\/localhost/);
+    assert.equal(await authMic.getByRole("link", { name: httpsUrl }).getAttribute("href"), httpsUrl);
+    assert.equal(await authMic.getByRole("link", { name: localUrl }).getAttribute("href"), localUrl);
+
+    // After the PIN: the microphone button is off and its state line says why.
+    await page.getByLabel("PIN").fill(nodes[0].pin);
+    await page.getByLabel("PIN").press("Enter");
+    await page.waitForFunction(() => document.getElementById("status").textContent === "Authenticated", null, {
+      timeout: 10_000,
+    });
+    await waitStats(page, () => window.voxioStats.ready, 10_000, "session.ready");
+    const mic = page.getByRole("button", { name: "Start microphone" });
+    assert.equal(await mic.isDisabled(), true, "the microphone button is disabled");
+    assert.equal(await mic.getAttribute("data-unavailable"), "insecure-context");
+    const micState = await page.locator("#mic-state").textContent();
+    assert.match(micState, /cannot start at this address: browsers only open the microphone on https:\/\/ or http:\/\/localhost/);
+    assert.ok(micState.includes(httpsUrl) && micState.includes(localUrl), `both addresses named: ${micState}`);
+    assert.equal(await page.evaluate(() => window.voxioStats.micUnavailable), "insecure-context");
+    await page.screenshot({ path: path.join(ARTIFACTS, "proxy-insecure-context.png"), fullPage: true });
+
+    // Typing works.
+    const before = await page.evaluate(() => window.voxioStats.replies.length);
+    await page.getByLabel("Type a message").fill("what is on my list");
+    await page.getByLabel("Type a message").press("Enter");
+    await page.waitForFunction((n) => window.voxioStats.replies.length > n, before, { timeout: 15_000 });
+
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `the page is ${overflow} px wider than the viewport`);
+    const stats = await page.evaluate(() => window.voxioStats);
+    assert.deepEqual(stats.errors, [], "no error event from the server");
+    assert.deepEqual(problems, [], "no console error, page error or failed request");
+  }),
+);
