@@ -23,7 +23,7 @@ BUILD_PACKAGES=(pkg-config libpocketsphinx-dev libssl-dev cmake g++)
 # other; both run as processes), and CA certificates for remote providers.
 RUN_PACKAGES=(libpocketsphinx3 pocketsphinx-en-us flite espeak-ng libssl3 ca-certificates)
 # Debian packages the tests need besides those.
-TEST_PACKAGES=(nodejs npm redis-server python3-venv sox chromium nginx-light debootstrap)
+TEST_PACKAGES=(nodejs npm redis-server python3-venv sox chromium nginx-light openssl debootstrap)
 
 _apt_updated=0
 apt_install() {
@@ -41,6 +41,7 @@ apt_install() {
       python3-venv) python3 -m venv --help >/dev/null 2>&1 || still+=("$pkg") ;;
       chromium) command -v chromium >/dev/null || still+=("$pkg") ;;
       nginx-light) command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || still+=("$pkg") ;;
+      openssl) command -v openssl >/dev/null || still+=("$pkg") ;;
       *) still+=("$pkg") ;;
     esac
   done
