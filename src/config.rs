@@ -64,6 +64,10 @@ pub struct ServerArgs {
     /// Address to listen on.
     #[arg(long, env = "VOXIO_BIND", default_value = "0.0.0.0:8080")]
     pub bind: SocketAddr,
+    /// A separate address for `/metrics` (e.g. `127.0.0.1:9090`), so the metrics need not be
+    /// public; unset: `/metrics` is on the main address.
+    #[arg(long, env = "VOXIO_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
     /// HTTP worker threads (0: one per CPU core).
     #[arg(long, env = "VOXIO_WORKERS", default_value_t = 0)]
     pub workers: usize,
@@ -297,9 +301,17 @@ pub struct EngineArgs {
     /// volatile one is dropped.
     #[arg(long, env = "VOXIO_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
+    /// Most payload bytes queued for one client (one packet alone may be larger); past it, as
+    /// for VOXIO_OUTBOUND_QUEUE.
+    #[arg(long, env = "VOXIO_OUTBOUND_BYTES", default_value_t = 8 << 20)]
+    pub outbound_bytes: usize,
     /// Most WebSocket frames one message may be fragmented into.
     #[arg(long, env = "VOXIO_MAX_WS_FRAGMENTS", default_value_t = 256)]
     pub max_ws_fragments: usize,
+    /// Most WebSocket pings a client may send while the pong to an earlier one is stuck (it
+    /// reads nothing); more close the connection (1008).
+    #[arg(long, env = "VOXIO_MAX_UNANSWERED_PINGS", default_value_t = 64)]
+    pub max_unanswered_pings: usize,
 }
 
 impl EngineArgs {
@@ -320,7 +332,10 @@ impl EngineArgs {
             max_sessions_per_client: self.max_sessions_per_client,
             client_of: Default::default(),
             outbound_queue: self.outbound_queue,
+            outbound_bytes: self.outbound_bytes,
             max_fragments: self.max_ws_fragments,
+            max_unanswered_pings: self.max_unanswered_pings,
+            ..EngineConfig::default()
         }
     }
 }

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::header::{self, HeaderMap, HeaderName};
 
 /// Which browser origins may open sessions.
 ///
@@ -123,9 +123,20 @@ pub struct EngineConfig {
     /// closes the session (a client that cannot keep up is told so rather than silently losing
     /// data); a volatile one is dropped. Default 1,024.
     pub outbound_queue: usize,
+    /// Most payload bytes queued for one client (one packet alone may be larger); the same
+    /// policy as `outbound_queue`. Default 8 MiB.
+    pub outbound_bytes: usize,
     /// Most WebSocket frames one message may be fragmented into; more close the connection with
     /// 1009. Default 256.
     pub max_fragments: usize,
+    /// Most WebSocket pings a client may send while the pong to an earlier one cannot be handed
+    /// to its socket (it reads nothing); more close the connection with 1008. At most one pong
+    /// is ever pending. Default 64.
+    pub max_unanswered_pings: usize,
+    /// The request headers a session keeps in its [`super::Handshake`] for the layer above;
+    /// the others are dropped at the handshake. Default: `origin`, `user-agent`,
+    /// `x-forwarded-for`, `x-forwarded-proto`.
+    pub handshake_headers: Vec<HeaderName>,
 }
 
 impl Default for EngineConfig {
@@ -141,7 +152,16 @@ impl Default for EngineConfig {
             max_sessions_per_client: 0,
             client_of: ClientOf::default(),
             outbound_queue: 1024,
+            outbound_bytes: 8 << 20,
             max_fragments: 256,
+            max_unanswered_pings: 64,
+            handshake_headers: [
+                header::ORIGIN,
+                header::USER_AGENT,
+                HeaderName::from_static("x-forwarded-for"),
+                HeaderName::from_static("x-forwarded-proto"),
+            ]
+            .into(),
         }
     }
 }

@@ -110,7 +110,7 @@ impl fmt::Display for CloseReason {
 /// What the layer above learns about the request that opened a session.
 #[derive(Debug, Clone)]
 pub struct Handshake {
-    /// The request headers (cookies included: the layer above decides what to trust).
+    /// The request headers the engine keeps (`EngineConfig::handshake_headers`).
     pub headers: HeaderMap,
     /// The peer's address as the socket saw it.
     pub peer: Option<SocketAddr>,

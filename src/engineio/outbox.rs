@@ -6,7 +6,8 @@
 //! so packet order survives the transport switch. The lock is held only to push or to swap the
 //! queue out, never across an await.
 //!
-//! Policy when full: a reliable packet beyond `capacity` is refused and the session is closed
+//! Policy when full (more than `capacity` packets, or more than `max_bytes` bytes, waiting): a
+//! reliable packet beyond it is refused and the session is closed
 //! with [`CloseReason::OutboundOverflow`]; a volatile packet is dropped and counted, the session
 //! goes on. Control packets (ping, noop, close) are tiny, at most a few at a time, and always
 //! accepted.
@@ -36,6 +37,8 @@ pub enum SendError {
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<OutFrame>,
+    /// The payload bytes of `frames`.
+    bytes: usize,
     /// Set once the session is closing; nothing more is queued after it.
     closing: Option<CloseReason>,
 }
@@ -46,17 +49,46 @@ pub(crate) struct Outbox {
     state: Mutex<State>,
     wake: Notify,
     capacity: usize,
+    max_bytes: usize,
     volatile_dropped: AtomicU64,
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize) -> Outbox {
+    /// A queue of at most `capacity` packets and `max_bytes` payload bytes (one packet alone
+    /// may be larger).
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             capacity: capacity.max(1),
+            max_bytes,
             volatile_dropped: AtomicU64::new(0),
         }
+    }
+
+    /// Whether `count` more packets of `bytes` fit; if not, a reliable send closes the session
+    /// and a volatile one is counted as dropped.
+    fn admit(
+        &self,
+        state: &mut State,
+        count: usize,
+        bytes: usize,
+        volatile: bool,
+    ) -> Result<(), SendError> {
+        if state.closing.is_some() {
+            return Err(SendError::Closed);
+        }
+        let too_many = state.frames.len() + count > self.capacity;
+        let too_big = !state.frames.is_empty() && state.bytes + bytes > self.max_bytes;
+        if !(too_many || too_big) {
+            return Ok(());
+        }
+        if volatile {
+            self.volatile_dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            state.closing = Some(CloseReason::OutboundOverflow);
+        }
+        Err(SendError::Full)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -68,23 +100,15 @@ impl Outbox {
     /// Queues a packet from the layer above.
     pub(crate) fn push(&self, frame: OutFrame, volatile: bool) -> Result<(), SendError> {
         let mut state = self.lock();
-        if state.closing.is_some() {
-            return Err(SendError::Closed);
+        let bytes = frame.payload_len();
+        let admitted = self.admit(&mut state, 1, bytes, volatile);
+        if admitted.is_ok() {
+            state.frames.push_back(frame);
+            state.bytes += bytes;
         }
-        if state.frames.len() >= self.capacity {
-            if volatile {
-                self.volatile_dropped.fetch_add(1, Ordering::Relaxed);
-            } else {
-                state.closing = Some(CloseReason::OutboundOverflow);
-                drop(state);
-                self.wake.notify_one();
-            }
-            return Err(SendError::Full);
-        }
-        state.frames.push_back(frame);
         drop(state);
         self.wake.notify_one();
-        Ok(())
+        admitted
     }
 
     /// Queues several packets as one unit (a Socket.IO binary packet and its attachments): all
@@ -95,29 +119,22 @@ impl Outbox {
         volatile: bool,
     ) -> Result<(), SendError> {
         let mut state = self.lock();
-        if state.closing.is_some() {
-            return Err(SendError::Closed);
+        let bytes = frames.iter().map(|f| f.0.payload_len()).sum();
+        let admitted = self.admit(&mut state, frames.len(), bytes, volatile);
+        if admitted.is_ok() {
+            state.frames.extend(frames.iter().map(|f| f.0.clone()));
+            state.bytes += bytes;
         }
-        if state.frames.len() + frames.len() > self.capacity {
-            if volatile {
-                self.volatile_dropped.fetch_add(1, Ordering::Relaxed);
-            } else {
-                state.closing = Some(CloseReason::OutboundOverflow);
-                drop(state);
-                self.wake.notify_one();
-            }
-            return Err(SendError::Full);
-        }
-        state.frames.extend(frames.iter().map(|f| f.0.clone()));
         drop(state);
         self.wake.notify_one();
-        Ok(())
+        admitted
     }
 
     /// Queues a control packet of the protocol itself; refused only once closing.
     pub(crate) fn push_control(&self, frame: OutFrame) {
         let mut state = self.lock();
         if state.closing.is_none() {
+            state.bytes += frame.payload_len();
             state.frames.push_back(frame);
             drop(state);
             self.wake.notify_one();
@@ -144,6 +161,7 @@ impl Outbox {
     pub(crate) fn drain_into(&self, out: &mut Vec<OutFrame>) -> Option<CloseReason> {
         let mut state = self.lock();
         out.extend(state.frames.drain(..));
+        state.bytes = 0;
         state.closing
     }
 
@@ -161,13 +179,16 @@ impl Outbox {
             size += len;
             count += 1;
         }
-        state.frames.drain(..count).collect()
+        let taken: Vec<OutFrame> = state.frames.drain(..count).collect();
+        state.bytes -= taken.iter().map(OutFrame::payload_len).sum::<usize>();
+        taken
     }
 
     /// Puts frames back at the head of the queue (a poll whose client went away).
     pub(crate) fn requeue_front(&self, frames: Vec<OutFrame>) {
         let mut state = self.lock();
         for frame in frames.into_iter().rev() {
+            state.bytes += frame.payload_len();
             state.frames.push_front(frame);
         }
     }
@@ -300,7 +321,7 @@ mod tests {
 
     #[test]
     fn full_queue_closes_on_reliable_and_drops_volatile() {
-        let outbox = Arc::new(Outbox::new(2));
+        let outbox = Arc::new(Outbox::new(2, usize::MAX));
         let handle = SessionHandle::new(Sid::generate(), outbox.clone());
         handle.send_text("a").unwrap();
         handle.send_text("b").unwrap();
@@ -317,8 +338,25 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let outbox = Arc::new(Outbox::new(100, 8));
+        let handle = SessionHandle::new(Sid::generate(), outbox.clone());
+        // One packet alone may be larger than the bound: it must be deliverable.
+        handle.send_text("a long message").unwrap();
+        assert_eq!(handle.send_text_volatile("b"), Err(SendError::Full));
+        assert!(!handle.is_closed());
+        let mut frames = Vec::new();
+        outbox.drain_into(&mut frames);
+        // Drained: room again, counted in bytes (`4abc` is 4).
+        handle.send_text("abc").unwrap();
+        handle.send_text("def").unwrap();
+        assert_eq!(handle.send_text("g"), Err(SendError::Full));
+        assert_eq!(outbox.closing(), Some(CloseReason::OutboundOverflow));
+    }
+
+    #[test]
     fn frames_go_as_one_unit_or_not_at_all() {
-        let outbox = Arc::new(Outbox::new(3));
+        let outbox = Arc::new(Outbox::new(3, usize::MAX));
         let handle = SessionHandle::new(Sid::generate(), outbox.clone());
         let unit = [
             MessageFrame::text("51-[\"a\"]"),
@@ -338,7 +376,7 @@ mod tests {
 
     #[test]
     fn payload_drain_respects_max_bytes_but_takes_one() {
-        let outbox = Outbox::new(10);
+        let outbox = Outbox::new(10, usize::MAX);
         outbox.push(OutFrame::message("aaaa"), false).unwrap(); // 5 bytes
         outbox.push(OutFrame::message("bbbb"), false).unwrap(); // 1 + 5
         outbox.push(OutFrame::message("cccccccccc"), false).unwrap();
@@ -353,7 +391,7 @@ mod tests {
 
     #[test]
     fn requeue_keeps_order() {
-        let outbox = Outbox::new(10);
+        let outbox = Outbox::new(10, usize::MAX);
         for t in ["a", "b", "c"] {
             outbox.push(OutFrame::message(t), false).unwrap();
         }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use actix::{Actor, Addr, AsyncContext, Context, SpawnHandle};
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse, Resource};
 use bytes::BytesMut;
@@ -209,11 +209,12 @@ fn preflight() -> HttpResponse {
         .finish()
 }
 
-fn handshake(req: &HttpRequest, transport: TransportKind) -> Handshake {
-    // A copy sized to the headers present: the request's own map is sized for parsing (a
-    // clone of it kept ~6.5 KiB per idle connection).
-    let mut headers = actix_web::http::header::HeaderMap::with_capacity(req.headers().len());
-    for (name, value) in req.headers() {
+fn handshake(req: &HttpRequest, transport: TransportKind, keep: &[HeaderName]) -> Handshake {
+    // Only the headers the layer above reads, in a map sized to them: a session lives long,
+    // and the request's own map is sized for parsing (a clone kept ~6.5 KiB per connection).
+    let kept = || req.headers().iter().filter(|(name, _)| keep.contains(name));
+    let mut headers = actix_web::http::header::HeaderMap::with_capacity(kept().count());
+    for (name, value) in kept() {
         headers.append(name.clone(), value.clone());
     }
     Handshake {
@@ -236,7 +237,10 @@ fn open_session(
         return Err(EngineError::ShuttingDown);
     }
     let sid = Sid::generate();
-    let outbox = Arc::new(Outbox::new(shared.config.outbound_queue));
+    let outbox = Arc::new(Outbox::new(
+        shared.config.outbound_queue,
+        shared.config.outbound_bytes,
+    ));
     let client = (shared.config.client_of.0)(req.peer_addr().map(|a| a.ip()), req.headers());
     let slot = shared
         .registry
@@ -259,9 +263,10 @@ fn open_session(
         Instant::now(),
         outbox.clone(),
     );
-    let handler = shared
-        .handler
-        .on_open(SessionHandle::new(sid, outbox), &handshake(req, transport));
+    let handler = shared.handler.on_open(
+        SessionHandle::new(sid, outbox),
+        &handshake(req, transport, &shared.config.handshake_headers),
+    );
     Ok(SessionCore {
         machine,
         handler,

@@ -286,7 +286,7 @@ mod tests {
 
     fn open(transport: TransportKind) -> (Session, Instant) {
         let now = Instant::now();
-        let outbox = Arc::new(Outbox::new(16));
+        let outbox = Arc::new(Outbox::new(16, usize::MAX));
         (
             Session::new(Sid::generate(), &config(), transport, now, outbox),
             now,

@@ -54,6 +54,14 @@ pub(crate) struct WsConnection {
     close_code: CloseCode,
     /// The connection is ending: later input is ignored and cannot change the close code.
     failing: bool,
+    /// The close frame is on its way; the actor stops when it is sent or cannot be.
+    finishing: bool,
+    /// A pong is being handed to the socket; pings that come meanwhile are answered by one
+    /// pong, for the latest of them, once it has gone (RFC 6455 §5.5.3 allows that).
+    pong_in_flight: bool,
+    /// The latest ping not yet answered, and how many arrived while a pong was stuck.
+    ping_waiting: Option<Bytes>,
+    pings_unanswered: usize,
 }
 
 impl WsConnection {
@@ -75,6 +83,10 @@ impl WsConnection {
                 fragments: Fragments::new(max_payload, max_fragments),
                 close_code: CloseCode::Normal,
                 failing: false,
+                finishing: false,
+                pong_in_flight: false,
+                ping_waiting: None,
+                pings_unanswered: 0,
             }
         })
     }
@@ -162,21 +174,56 @@ impl WsConnection {
         self.finish(ctx);
     }
 
-    /// Ends the connection: the close frame, then stop.
+    /// Ends the connection: the close frame, then stop. The actor keeps running meanwhile
+    /// (nothing here blocks it on a client that reads nothing); a close frame that cannot be
+    /// handed over within a heartbeat's timeout is given up.
     fn finish(&mut self, ctx: &mut Context<Self>) {
+        if std::mem::replace(&mut self.finishing, true) {
+            return;
+        }
+        self.failing = true;
         if let Mode::Probing { polling, .. } = &self.mode {
             polling.do_send(UpgradeAbort);
         }
         if !matches!(self.mode, Mode::Open(_)) {
             self.mode = Mode::Done;
         }
-        let code = self.close_code;
-        self.ws
-            .clone()
-            .close(Some(code.into()))
+        let close = self.ws.clone().close(Some(self.close_code.into()));
+        tokio::time::timeout(self.shared.config.ping_timeout, close)
             .into_actor(self)
             .map(|_, _, ctx| ctx.stop())
-            .wait(ctx);
+            .spawn(ctx);
+    }
+
+    /// A ping came: answered at once, unless a pong is still on its way; then only the latest
+    /// waits, and a client that keeps pinging while it reads nothing is closed.
+    fn on_ping(&mut self, data: Bytes, ctx: &mut Context<Self>) {
+        if !self.pong_in_flight {
+            return self.send_pong(data, ctx);
+        }
+        self.ping_waiting = Some(data);
+        self.pings_unanswered += 1;
+        if self.pings_unanswered > self.shared.config.max_unanswered_pings {
+            self.fail(CloseReason::TransportError, CloseCode::Policy, ctx);
+        }
+    }
+
+    fn send_pong(&mut self, data: Bytes, ctx: &mut Context<Self>) {
+        self.pong_in_flight = true;
+        let mut ws = self.ws.clone();
+        async move { ws.pong(&data).await.is_ok() }
+            .into_actor(self)
+            .map(|sent, act, ctx| {
+                act.pong_in_flight = false;
+                if !sent {
+                    return;
+                }
+                act.pings_unanswered = 0;
+                if let Some(data) = act.ping_waiting.take() {
+                    act.send_pong(data, ctx);
+                }
+            })
+            .spawn(ctx);
     }
 
     /// The connection broke a rule or went away. With a session, closing goes through the
@@ -225,11 +272,21 @@ impl WsConnection {
                 Ok(Packet::Ping(data)) if &*data == "probe" => {
                     let mut ws = self.ws.clone();
                     let polling = polling.clone();
+                    // Nothing else may come before the answer, but a client that reads
+                    // nothing holds the actor no longer than the upgrade may take.
+                    let timeout = self.shared.config.upgrade_timeout;
                     async move {
-                        let _ = ws.text(ByteString::from_static("3probe")).await;
+                        let probe = ws.text(ByteString::from_static("3probe"));
+                        matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(())))
                     }
                     .into_actor(self)
-                    .map(move |(), _, _| polling.do_send(UpgradeProbed))
+                    .map(move |sent, act, ctx| {
+                        if sent {
+                            polling.do_send(UpgradeProbed);
+                        } else {
+                            act.fail(CloseReason::TransportError, CloseCode::Policy, ctx);
+                        }
+                    })
                     .wait(ctx);
                 }
                 Ok(Packet::Upgrade) => {
@@ -391,14 +448,7 @@ impl StreamHandler<Result<Message, ProtocolError>> for WsConnection {
                 }
                 Err(code) => self.fail(CloseReason::TransportError, code, ctx),
             },
-            Message::Ping(data) => {
-                let mut ws = self.ws.clone();
-                async move {
-                    let _ = ws.pong(&data).await;
-                }
-                .into_actor(self)
-                .spawn(ctx);
-            }
+            Message::Ping(data) => self.on_ping(data, ctx),
             Message::Pong(_) | Message::Nop => {}
             Message::Close(_) => self.fail(CloseReason::TransportClose, CloseCode::Normal, ctx),
         }

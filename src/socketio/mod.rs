@@ -183,3 +183,32 @@ impl EngineHandler for SocketIo {
         ))
     }
 }
+
+/// The most bytes of a client's own name (a namespace, an event) echoed back to it.
+pub const MAX_ECHOED_NAME: usize = 128;
+
+/// `name` cut to at most `max` bytes, on a character boundary.
+pub fn truncated(name: &str, max: usize) -> &str {
+    if name.len() <= max {
+        return name;
+    }
+    let mut end = max;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+#[cfg(test)]
+mod truncation_tests {
+    use super::truncated;
+
+    #[test]
+    fn names_are_cut_on_character_boundaries() {
+        assert_eq!(truncated("/voice", 128), "/voice");
+        assert_eq!(truncated("abcdef", 3), "abc");
+        // "é" is two bytes: a cut inside it backs off to before it.
+        assert_eq!(truncated("aé", 2), "a");
+        assert_eq!(truncated("", 0), "");
+    }
+}

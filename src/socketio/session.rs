@@ -176,10 +176,13 @@ impl SioSession {
 
     fn connect(&mut self, nsp: ByteString, auth: Option<Value>) {
         let Some(ns) = self.io.namespace(&nsp) else {
+            // Echoed so the client can match the answer; a name longer than any real one
+            // comes back cut, not amplified.
             let error = ConnectError::new("Invalid namespace");
+            let echoed = super::truncated(&nsp, super::MAX_ECHOED_NAME);
             let _ = self
                 .engine
-                .send_frames(&[connect_error_frame(&nsp, &error)], false);
+                .send_frames(&[connect_error_frame(echoed, &error)], false);
             return;
         };
         if self.sockets.get(&nsp).is_some() {

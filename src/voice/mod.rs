@@ -129,7 +129,8 @@ fn authenticated(socket: &Socket) -> bool {
 /// Answers an event that is not allowed now with `error {code, message}` (and the ack, if
 /// one was asked for, with the same error).
 fn refuse(socket: &Socket, event: Event, code: &str, message: &str) {
-    let body = json!({ "code": code, "message": message, "event": event.name });
+    let name = crate::socketio::truncated(&event.name, crate::socketio::MAX_ECHOED_NAME);
+    let body = json!({ "code": code, "message": message, "event": name });
     if let Some(ack) = event.ack {
         let _ = ack.send(json!({ "error": body }));
     }
@@ -324,13 +325,9 @@ pub fn namespace(io: &SocketIo, voice: Arc<Voice>) {
             if !authenticated(socket) {
                 return refuse(socket, event, "unauthenticated", "Authenticate first.");
             }
-            let name = event.name.clone();
-            refuse(
-                socket,
-                event,
-                "unknown_event",
-                &format!("Unknown event {name:?}."),
-            );
+            let name = crate::socketio::truncated(&event.name, crate::socketio::MAX_ECHOED_NAME);
+            let message = format!("Unknown event {name:?}.");
+            refuse(socket, event, "unknown_event", &message);
         })
         .on_disconnect(move |socket, _| {
             if let Some(pipeline) = socket.extensions().remove::<PipelineHandle>() {
