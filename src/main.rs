@@ -60,11 +60,15 @@ async fn main() -> std::io::Result<()> {
             let app = voxio.clone();
             // Signals are voxio's own: a shutdown drains the sessions first (see
             // `Voxio::drain`), and only then stops the HTTP server.
-            let mut server =
-                HttpServer::new(move || App::new().wrap(app.sessions()).configure(app.configure()))
-                    .on_connect(no_delay)
-                    .disable_signals()
-                    .shutdown_timeout(2);
+            let mut server = HttpServer::new(move || {
+                App::new()
+                    .wrap(app.sessions())
+                    .wrap(voxio::web::security_headers())
+                    .configure(app.configure())
+            })
+            .on_connect(no_delay)
+            .disable_signals()
+            .shutdown_timeout(2);
             if args.workers > 0 {
                 server = server.workers(args.workers);
             }
@@ -83,6 +87,23 @@ async fn main() -> std::io::Result<()> {
                 // Printed once, to the terminal only: never through the log.
                 println!("\n  voxio PIN for this run: {pin}   (set VOXIO_PIN to choose one)\n");
             }
+            let metrics = match args.metrics_bind {
+                None => None,
+                Some(addr) => {
+                    let app = voxio.clone();
+                    let server = HttpServer::new(move || {
+                        App::new().configure(voxio::web::configure_metrics(&app))
+                    })
+                    .workers(1)
+                    .disable_signals()
+                    .bind(addr)?
+                    .run();
+                    tracing::info!("metrics on http://{addr}/metrics");
+                    let handle = server.handle();
+                    actix_rt::spawn(server);
+                    Some(handle)
+                }
+            };
             let server = server.run();
             let handle = server.handle();
             let grace = std::time::Duration::from_millis(args.shutdown_grace_ms);
@@ -94,6 +115,9 @@ async fn main() -> std::io::Result<()> {
                     "shutting down: new sessions refused, voice turns finishing"
                 );
                 voxio.drain(grace).await;
+                if let Some(metrics) = metrics {
+                    metrics.stop(true).await;
+                }
                 handle.stop(true).await;
             });
             server.await?;

@@ -248,6 +248,53 @@ async fn logout_purges_the_session() {
 }
 
 #[actix_rt::test]
+async fn the_page_is_served_with_security_headers() {
+    let app = AppServer::start(&[]);
+    for path in ["/", "/app.js", "/healthz"] {
+        let res = client().get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{path}");
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        let csp = header("content-security-policy");
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {directive} in {csp:?}");
+        }
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
+        assert_eq!(header("x-frame-options"), "DENY", "{path}");
+    }
+}
+
+#[actix_rt::test]
+async fn a_session_older_than_its_ttl_gets_no_token_even_from_a_kept_cookie() {
+    let app = AppServer::start(&["--session-ttl-s", "1"]);
+    let cookie = login(&app, None).await;
+    assert_eq!(token_status(&app, &cookie, None).await, 200);
+    // The cookie store cannot expire a copy of the cookie; the session's issue time can.
+    actix_rt::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(token_status(&app, &cookie, None).await, 401);
+}
+
+#[actix_rt::test]
+async fn metrics_on_their_own_address_are_not_on_the_main_one() {
+    let app = AppServer::start(&["--metrics-bind", "127.0.0.1:9"]);
+    let res = client().get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+    let shared = AppServer::start(&[]);
+    let res = client().get(shared.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+}
+
+#[actix_rt::test]
 async fn cross_site_posts_are_refused() {
     let app = AppServer::start(&[]);
     for header in [

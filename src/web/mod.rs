@@ -62,6 +62,7 @@ pub struct Voxio {
     cookie_key: Key,
     cookie_secure: bool,
     session_ttl: Duration,
+    metrics_apart: bool,
     redis_store: Option<(RedisSessionStore, Duration, Arc<StoreHealth>)>,
 }
 
@@ -201,6 +202,7 @@ impl Voxio {
                 cookie_key: Key::derive_from(&secret),
                 cookie_secure: args.cookie_secure,
                 session_ttl: Duration::from_secs(args.session_ttl_s),
+                metrics_apart: args.metrics_bind.is_some(),
                 redis_store,
             },
             generated_pin,
@@ -286,21 +288,48 @@ impl Voxio {
         BypassSessions::new(middleware, &[SOCKET_PATH], health)
     }
 
-    /// Mounts the routes.
+    /// Mounts the routes (`/metrics` only when it has no address of its own).
     pub fn configure(&self) -> impl FnOnce(&mut ServiceConfig) + '_ {
         move |cfg| {
-            cfg.app_data(web::Data::new(self.clone()))
-                .route("/socket.io/socket.io.js", web::get().to(client_js))
+            cfg.app_data(web::Data::new(self.clone()));
+            if !self.metrics_apart {
+                cfg.route("/metrics", web::get().to(metrics));
+            }
+            cfg.route("/socket.io/socket.io.js", web::get().to(client_js))
                 .service(self.engine.resource(SOCKET_PATH))
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
-                .route("/metrics", web::get().to(metrics))
                 .route("/login", web::post().to(login))
                 .route("/logout", web::post().to(logout))
                 .route("/api/voice-token", web::get().to(voice_token))
                 .service(actix_files::Files::new("/", &self.static_dir).index_file("index.html"));
         }
     }
+}
+
+/// The routes of the `VOXIO_METRICS_BIND` address: `/metrics` alone.
+pub fn configure_metrics(app: &Voxio) -> impl FnOnce(&mut ServiceConfig) + '_ {
+    move |cfg| {
+        cfg.app_data(web::Data::new(app.clone()))
+            .route("/metrics", web::get().to(metrics));
+    }
+}
+
+/// The policy the page is served under: its scripts, styles, worklet and connections from its
+/// own origin only (WebSocket included), no plugins, never framed.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+    style-src 'self'; img-src 'self' data:; connect-src 'self'; media-src 'self' blob:; \
+    worker-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+    frame-ancestors 'none'";
+
+/// Headers on every response: the content security policy, no MIME sniffing, no referrer, no
+/// framing (also for browsers without `frame-ancestors`).
+pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::REFERRER_POLICY, "no-referrer"))
+        .add((header::X_FRAME_OPTIONS, "DENY"))
 }
 
 /// The voice pipeline's stages from the settings (warms the speech-to-text decoders).
@@ -602,7 +631,11 @@ async fn login(
     let mut id = [0u8; 16];
     rand::rng().fill_bytes(&mut id);
     let login_id = id.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    if session.insert("login", &login_id).is_err() {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if session.insert("login", &login_id).is_err() || session.insert("since", since).is_err() {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "session",
@@ -622,8 +655,24 @@ fn serde_urlencoded_pin(body: &[u8]) -> Option<LoginForm> {
     })
 }
 
+/// The session's login, if it logged in within the session's lifetime: the cookie store
+/// cannot expire a copied cookie, so its issue time is checked here.
+fn current_login(session: &Session, ttl: Duration) -> Option<String> {
+    let login = session.get::<String>("login").ok().flatten()?;
+    let since = session.get::<u64>("since").ok().flatten()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if now.saturating_sub(since) > ttl.as_secs() {
+        session.purge();
+        return None;
+    }
+    Some(login)
+}
+
 async fn voice_token(app: web::Data<Voxio>, session: Session) -> HttpResponse {
-    let login = session.get::<String>("login").ok().flatten();
+    let login = current_login(&session, app.session_ttl);
     let revoked = match &login {
         Some(login) => app.auth.revoked.is_revoked(login).await,
         None => Ok(false),

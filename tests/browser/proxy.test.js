@@ -2,7 +2,8 @@
 // voxio nodes on it (same VOXIO_SECRET and PIN, nginx a trusted proxy, Secure cookie), and
 // nginx from deploy/nginx.conf plus deploy/nginx-tls.conf (see nginx-tls.js) with a certificate
 // made here. Chromium (Debian's, driven by playwright-core) ignores that the certificate is
-// self-signed; its fake microphone says "add bread to my list" (flite, padded by sox).
+// self-signed; its fake microphone says a free-form item, "add call the plumber about the sink
+// to my list" (flite, padded by sox), which must land on the list as the words it heard.
 //
 // 1. https://localhost:PORT/: the PIN typed, "Authenticated", the microphone started, the
 //    spoken words come back as the final transcript; the socket is on WebSocket over wss://
@@ -34,7 +35,7 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ARTIFACTS = path.join(HERE, "artifacts");
 const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
 const CLIENT_JS = path.resolve(HERE, "../../client/node_modules/socket.io-client/dist/socket.io.min.js");
-const PHRASE = "add bread to my list";
+const PHRASE = "add call the plumber about the sink to my list";
 const SECRET = "proxy-test-secret-0123456789abcdef0123456789";
 // A name that resolves to loopback in this browser only, so that http:// on it is insecure.
 const LAN_NAME = "voxio.test";
@@ -218,12 +219,18 @@ test(
     await page.getByRole("button", { name: "Stop microphone" }).waitFor({ timeout: 10_000 });
     await waitStats(
       page,
-      () => window.voxioStats.finals.some((text) => /bread/i.test(text)),
+      () => window.voxioStats.finals.some((text) => /plumber/i.test(text)),
       25_000,
-      'a final transcript with "bread"',
+      'a final transcript with "plumber"',
     );
     const transcriptMs = Date.now() - tMic;
-    await page.locator("#final", { hasText: /bread/i }).waitFor({ timeout: 5_000 });
+    await page.locator("#final", { hasText: /plumber/i }).waitFor({ timeout: 5_000 });
+    // The free-form item lands as heard: the words between "add" and "to my list".
+    const item = page.locator("#todos li", { hasText: /plumber/i });
+    await item.first().waitFor({ timeout: 10_000 });
+    const itemText = (await item.first().innerText()).trim();
+    console.log(`# https through nginx: the free-form item landed as ${JSON.stringify(itemText)}`);
+    assert.match(itemText, /plumber.*sink/i, "the item holds what was said, not a command it resembles");
     await page.screenshot({ path: path.join(ARTIFACTS, "proxy-https-transcript.png"), fullPage: true });
     await page.getByRole("button", { name: "Stop microphone" }).click();
 

@@ -307,6 +307,7 @@ impl AppServer {
             let server = HttpServer::new(move || {
                 App::new()
                     .wrap(voxio.sessions())
+                    .wrap(voxio::web::security_headers())
                     .configure(voxio.configure())
             })
             .workers(2)

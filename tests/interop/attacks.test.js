@@ -371,6 +371,28 @@ describe("limits and races", () => {
     console.log(`# logout race, ${ROUNDS} rounds: ${refused} refused at CONNECT, ${cut} connected then cut`);
   });
 
+  test("names echoed back are cut: a 5,000-byte namespace and a 100,000-byte event name", OPTS, async () => {
+    const node = await start({});
+    const base = `${node.httpUrl}/socket.io/?EIO=4&transport=polling`;
+    const { sid } = JSON.parse((await (await fetch(base)).text()).slice(1));
+    const url = `${base}&sid=${sid}`;
+    await fetch(url, { method: "POST", body: `40/${"n".repeat(5000)},` });
+    const answer = await (await fetch(url)).text();
+    assert.match(answer, /^44\/n+,\{"message":"Invalid namespace"\}$/, answer.slice(0, 200));
+    assert.ok(answer.length < 300, `the CONNECT_ERROR is ${answer.length} bytes`);
+
+    const s = voice(node, { auth: { pin: node.pin } });
+    await s.rec.next("authenticated");
+    const longName = "e".repeat(100_000);
+    const reply = await s.socket.timeout(5000).emitWithAck(longName, 1);
+    const echoed = reply.error.event;
+    const size = JSON.stringify(reply).length;
+    console.log(`# echoed names: namespace CONNECT_ERROR ${answer.length} bytes, unknown-event error ${size} bytes (name ${echoed.length} of 100000)`);
+    assert.equal(reply.error.code, "unknown_event");
+    assert.ok(echoed.length <= 128 && size < 600, `the error echoes ${echoed.length} bytes of the name`);
+    s.socket.disconnect();
+  });
+
   test("a forged Origin with a matching X-Forwarded-Host from an untrusted client is refused", OPTS, async () => {
     const node = await start({});
     const url = `${node.httpUrl}/socket.io/?EIO=4&transport=polling`;
@@ -386,4 +408,21 @@ describe("limits and races", () => {
     assert.equal(same.status, 200, "the real origin still works");
     console.log(`# forged X-Forwarded-Host: handshake ${forged.status}, login ${login.status}; real origin ${same.status}`);
   });
+});
+
+test("VOXIO_METRICS_BIND: /metrics on its own address, not on the public one", OPTS, async () => {
+  const { freePort } = await import("./helpers.js");
+  const port = await freePort();
+  const node = await startVoxioServer({ env: { ...ENV, VOXIO_METRICS_BIND: `127.0.0.1:${port}` } });
+  try {
+    const main = await fetch(node.httpUrl + "/metrics");
+    assert.equal(main.status, 404, "not on the public address");
+    // Something to count: one session opened on the public address.
+    assert.equal((await fetch(`${node.httpUrl}/socket.io/?EIO=4&transport=polling`)).status, 200);
+    const apart = await fetch(`http://127.0.0.1:${port}/metrics`);
+    assert.equal(apart.status, 200);
+    assert.match(await apart.text(), /voxio_engine_sessions/);
+  } finally {
+    await node.stop();
+  }
 });
