@@ -64,6 +64,12 @@ pub struct ServerArgs {
     /// Address to listen on.
     #[arg(long, env = "VOXIO_BIND", default_value = "0.0.0.0:8080")]
     pub bind: SocketAddr,
+    /// A PEM certificate chain: voxio serves HTTPS (and WSS) itself, with VOXIO_TLS_KEY.
+    #[arg(long, env = "VOXIO_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of VOXIO_TLS_CERT.
+    #[arg(long, env = "VOXIO_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// A separate address for `/metrics` (e.g. `127.0.0.1:9090`), so the metrics need not be
     /// public; unset: `/metrics` is on the main address.
     #[arg(long, env = "VOXIO_METRICS_BIND")]

@@ -31,7 +31,8 @@ async fn main() -> std::io::Result<()> {
         }) => voxio::bench_voice::run(turns, &talkers, classic, port).await,
         Some(Command::Healthcheck { timeout_s }) => {
             let timeout = std::time::Duration::from_secs(timeout_s.max(1));
-            match healthcheck(cli.server.bind, timeout) {
+            let tls = cli.server.tls_cert.is_some();
+            match healthcheck(cli.server.bind, timeout, tls) {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     eprintln!("unhealthy: {e}");
@@ -72,7 +73,18 @@ async fn main() -> std::io::Result<()> {
             if args.workers > 0 {
                 server = server.workers(args.workers);
             }
-            let server = server.bind(args.bind)?;
+            let tls = match tls_config(&args) {
+                Ok(tls) => tls,
+                Err(e) => {
+                    tracing::error!("cannot start: {e:#}");
+                    std::process::exit(2);
+                }
+            };
+            let secure = tls.is_some();
+            let server = match tls {
+                Some(config) => server.bind_rustls_0_23(args.bind, config)?,
+                None => server.bind(args.bind)?,
+            };
             let store = if args.redis_url.is_some() {
                 "Redis"
             } else {
@@ -81,7 +93,7 @@ async fn main() -> std::io::Result<()> {
             tracing::info!(
                 "voxio listening on {}: open {} (sessions and PIN limits: {store})",
                 args.bind,
-                browser_url(args.bind)
+                browser_url(args.bind, secure)
             );
             if let Some(pin) = startup.generated_pin {
                 // Printed once, to the terminal only: never through the log.
@@ -127,8 +139,38 @@ async fn main() -> std::io::Result<()> {
     }
 }
 
-/// GET /healthz on this machine's server at `bind`, answered 200.
-fn healthcheck(bind: SocketAddr, timeout: std::time::Duration) -> std::io::Result<()> {
+/// The TLS settings from VOXIO_TLS_CERT and VOXIO_TLS_KEY (both or neither), on ring.
+fn tls_config(args: &voxio::config::ServerArgs) -> anyhow::Result<Option<rustls::ServerConfig>> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = match (&args.tls_cert, &args.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        _ => anyhow::bail!("VOXIO_TLS_CERT and VOXIO_TLS_KEY go together"),
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("VOXIO_TLS_CERT {}", cert.display()))?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "VOXIO_TLS_CERT {} holds no certificate",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("VOXIO_TLS_KEY {}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("VOXIO_TLS_CERT and VOXIO_TLS_KEY do not make a certificate and its key")?;
+    Ok(Some(config))
+}
+
+/// GET /healthz on this machine's server at `bind`, answered 200. A server that speaks TLS
+/// (VOXIO_TLS_CERT) is checked by accepting a TCP connection.
+fn healthcheck(bind: SocketAddr, timeout: std::time::Duration, tls: bool) -> std::io::Result<()> {
     use std::io::{Error, Read, Write};
     let ip = match bind.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
@@ -137,6 +179,9 @@ fn healthcheck(bind: SocketAddr, timeout: std::time::Duration) -> std::io::Resul
     };
     let mut stream =
         std::net::TcpStream::connect_timeout(&SocketAddr::new(ip, bind.port()), timeout)?;
+    if tls {
+        return Ok(());
+    }
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
@@ -181,10 +226,11 @@ async fn shutdown_signal() -> &'static str {
 }
 
 /// Where a person on this machine points the browser for a server bound to `bind`.
-fn browser_url(bind: SocketAddr) -> String {
+fn browser_url(bind: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
     if bind.ip().is_unspecified() || bind.ip().is_loopback() {
-        format!("http://localhost:{}", bind.port())
+        format!("{scheme}://localhost:{}", bind.port())
     } else {
-        format!("http://{bind}")
+        format!("{scheme}://{bind}")
     }
 }
