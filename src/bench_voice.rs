@@ -9,7 +9,9 @@
 //! holding the clip's last voiced sample, |s| >= 300) to the end of the turn
 //! (`vad.speech_stopped`), to the final transcript and to the first audio of the answer; the
 //! word error rate of the final transcripts; and turns refused as `busy`. Then the server's
-//! CPU seconds per second of audio streamed (utime + stime from /proc) and its peak RSS.
+//! CPU seconds per second of audio streamed (utime + stime from /proc) and its peak RSS; and,
+//! given several talker counts, the capacity: the count at which p95 end of voice → first
+//! audio passes twice the fewest talkers' median.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -311,6 +313,7 @@ pub async fn run(turns: usize, talkers: &[usize], classic: bool, port: u16) -> s
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut cost = Vec::new();
+    let mut to_audio = Vec::new();
     for &n in talkers {
         let server = start_server(port, &models)?;
         let pid = server.0.id();
@@ -338,6 +341,13 @@ pub async fn run(turns: usize, talkers: &[usize], classic: bool, port: u16) -> s
             started.elapsed(),
         ));
         drop(server);
+        let mut audio: Vec<f64> = all.iter().filter_map(|t| t.to_audio).collect();
+        audio.sort_by(f64::total_cmp);
+        to_audio.push(Load {
+            talkers: n.max(1),
+            median: percentile(&audio, 50.0),
+            p95: percentile(&audio, 95.0),
+        });
         for kind in [Kind::Command, Kind::Sentence] {
             let turns: Vec<&Turn> = all.iter().filter(|t| t.kind == kind).collect();
             let (mut errors, mut words) = (0, 0);
@@ -368,6 +378,9 @@ pub async fn run(turns: usize, talkers: &[usize], classic: bool, port: u16) -> s
         }
     }
     println!();
+    if let Some(line) = capacity(&to_audio) {
+        println!("{pipeline} capacity: {line}");
+    }
     for (n, per_second, rss, took) in cost {
         println!(
             "{pipeline}, {n} talker(s): server CPU {per_second:.3} s per audio second, peak RSS {rss:.0} MiB ({:.0} s run)",
@@ -378,9 +391,76 @@ pub async fn run(turns: usize, talkers: &[usize], classic: bool, port: u16) -> s
     Ok(())
 }
 
+/// End of voice → first audio of one run, all turns together.
+struct Load {
+    talkers: usize,
+    median: f64,
+    p95: f64,
+}
+
+/// The capacity, as the issue defines it: the talkers at which p95 end of voice → first
+/// audio reaches twice the fewest talkers' median. `None` with fewer than two counts.
+fn capacity(runs: &[Load]) -> Option<String> {
+    let base = runs.iter().min_by_key(|r| r.talkers)?;
+    if runs.len() < 2 || base.median <= 0.0 {
+        return None;
+    }
+    let mut sorted: Vec<&Load> = runs.iter().collect();
+    sorted.sort_by_key(|r| r.talkers);
+    let limit = 2.0 * base.median;
+    let within = sorted
+        .iter()
+        .take_while(|r| r.p95 <= limit)
+        .last()
+        .map(|r| r.talkers);
+    let beyond = sorted.iter().find(|r| r.p95 > limit);
+    let head = format!(
+        "p95 end of voice → first audio within 2× the {}-talker median ({:.0} ms → {:.0} ms)",
+        base.talkers, base.median, limit
+    );
+    Some(match (within, beyond) {
+        (Some(n), Some(b)) => format!(
+            "{head} up to {n} talkers; {} talkers: {:.0} ms ({:.1}×)",
+            b.talkers,
+            b.p95,
+            b.p95 / base.median
+        ),
+        (Some(n), None) => format!("{head} at every count measured, up to {n} talkers"),
+        (None, Some(b)) => format!(
+            "{head} at no count measured; {} talkers: {:.0} ms ({:.1}×)",
+            b.talkers,
+            b.p95,
+            b.p95 / base.median
+        ),
+        (None, None) => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacity_is_where_p95_passes_twice_the_single_talker_median() {
+        let load = |talkers, median, p95| Load {
+            talkers,
+            median,
+            p95,
+        };
+        let runs = [
+            load(1, 1000.0, 1100.0),
+            load(4, 1500.0, 1900.0),
+            load(8, 2500.0, 3900.0),
+        ];
+        let line = capacity(&runs).unwrap();
+        assert!(line.contains("up to 4 talkers"), "{line}");
+        assert!(line.contains("8 talkers: 3900 ms (3.9×)"), "{line}");
+        let all_fine = [load(1, 1000.0, 1100.0), load(2, 1000.0, 1500.0)];
+        assert!(capacity(&all_fine)
+            .unwrap()
+            .contains("at every count measured, up to 2 talkers"));
+        assert!(capacity(&runs[..1]).is_none());
+    }
 
     #[test]
     fn word_error_rate_counts_edits_on_plain_words() {
