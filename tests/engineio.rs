@@ -128,8 +128,14 @@ async fn get_answers_respect_max_payload() {
     assert_eq!(received, 6);
 }
 
-#[actix_rt::test]
-async fn concurrent_get_closes_the_session() {
+/// An echo server with pings 10 s apart, a polling session on it, its URL, and a GET of that
+/// session already waiting.
+async fn waiting_poll() -> (
+    TestServer,
+    awc::Client,
+    String,
+    actix_rt::task::JoinHandle<common::Answer>,
+) {
     let server = TestServer::echo(EngineConfig {
         ping_interval: Duration::from_secs(10),
         ..fast()
@@ -137,11 +143,17 @@ async fn concurrent_get_closes_the_session() {
     let client = client();
     let (sid, _) = open_polling(&client, &server).await;
     let url = server.url(&format!("transport=polling&sid={sid}"));
-    let first = actix_rt::spawn({
+    let waiting = actix_rt::spawn({
         let (client, url) = (client.clone(), url.clone());
         async move { get(&client, &url).await }
     });
     actix_rt::time::sleep(Duration::from_millis(100)).await;
+    (server, client, url, waiting)
+}
+
+#[actix_rt::test]
+async fn concurrent_get_closes_the_session() {
+    let (server, client, url, first) = waiting_poll().await;
     let second = get(&client, &url).await;
     assert_eq!((second.status, second.code()), (400, 3));
     let first = first.await.unwrap();
@@ -244,18 +256,7 @@ async fn close_packet_ends_a_polling_session() {
 
 #[actix_rt::test]
 async fn close_packet_answers_the_waiting_poll_with_noop() {
-    let server = TestServer::echo(EngineConfig {
-        ping_interval: Duration::from_secs(10),
-        ..fast()
-    });
-    let client = client();
-    let (sid, _) = open_polling(&client, &server).await;
-    let url = server.url(&format!("transport=polling&sid={sid}"));
-    let waiting = actix_rt::spawn({
-        let (client, url) = (client.clone(), url.clone());
-        async move { get(&client, &url).await }
-    });
-    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    let (server, client, url, waiting) = waiting_poll().await;
     assert_eq!(post(&client, &url, "1").await.status, 200);
     let waiting = waiting.await.unwrap();
     assert_eq!(

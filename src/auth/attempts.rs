@@ -10,9 +10,11 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
+
+use super::unix_ms;
 
 /// The limits on guessing.
 #[derive(Debug, Clone, Copy)]
@@ -260,13 +262,6 @@ if ARGV[1] == '1' then
 end
 return 0
 ";
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 impl RedisAttempts {
     fn keys(client: &str, minute: u64) -> [String; 4] {

@@ -42,6 +42,14 @@ impl Auth {
     }
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// A store (Redis) did not answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unavailable;

@@ -2,12 +2,14 @@
 //! the cookie store. `Debug` shows no key.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+
+use super::unix_ms;
 
 /// Signs and checks the short-lived tokens a logged-in page passes in CONNECT auth, so the
 /// socket never needs the cookie store.
@@ -30,13 +32,6 @@ impl fmt::Debug for TokenSigner {
 pub struct TokenClaims {
     /// The page login the token was issued to (logout disconnects its sockets).
     pub login: String,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl TokenSigner {

@@ -631,10 +631,7 @@ async fn login(
     let mut id = [0u8; 16];
     rand::rng().fill_bytes(&mut id);
     let login_id = id.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let since = crate::auth::unix_ms() / 1000;
     if session.insert("login", &login_id).is_err() || session.insert("since", since).is_err() {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -660,10 +657,7 @@ fn serde_urlencoded_pin(body: &[u8]) -> Option<LoginForm> {
 fn current_login(session: &Session, ttl: Duration) -> Option<String> {
     let login = session.get::<String>("login").ok().flatten()?;
     let since = session.get::<u64>("since").ok().flatten()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::auth::unix_ms() / 1000;
     if now.saturating_sub(since) > ttl.as_secs() {
         session.purge();
         return None;
