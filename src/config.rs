@@ -141,7 +141,8 @@ pub struct ServerArgs {
     #[arg(long, env = "VOXIO_PIPELINE", default_value = "default")]
     pub pipeline: String,
     /// Directory of the speech models the setup installs (`scripts/deps.sh models`):
-    /// `whisper-tiny.en/`. A missing model is logged once and its classic fallback used.
+    /// `whisper-tiny.en/`, `silero-vad/`, `smart-turn/` and the ONNX Runtime library they run
+    /// on, `onnxruntime/`. A missing model is logged once and its classic fallback used.
     #[arg(long, env = "VOXIO_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
     /// Threads one Whisper decode computes with (0: one per CPU core, at most 4).
@@ -153,6 +154,10 @@ pub struct ServerArgs {
     /// Turns that may wait for their final transcript; past that a turn is told `busy`.
     #[arg(long, env = "VOXIO_STT_QUEUE", default_value_t = 16)]
     pub stt_queue: usize,
+    /// End-of-turn checks (Smart Turn, ~50 ms each) that may wait; past that a pause is not
+    /// checked and the turn ends after the hangover.
+    #[arg(long, env = "VOXIO_TURN_CHECK_QUEUE", default_value_t = 16)]
+    pub turn_check_queue: usize,
     /// Speech-to-text decoder threads (each holds a warm pocketsphinx decoder, ~100 MB): the
     /// partial transcripts (and, without Whisper, the final ones).
     #[arg(long, env = "VOXIO_STT_THREADS", default_value_t = 2)]
@@ -207,11 +212,14 @@ pub struct ServerArgs {
     /// Voice score (0 to 1) at or above which a 16 ms frame counts as speech.
     #[arg(long, env = "VOXIO_VAD_THRESHOLD", default_value_t = 0.5)]
     pub vad_threshold: f32,
-    /// Silence, in milliseconds, that ends a turn (at most 3000).
-    #[arg(long, env = "VOXIO_TURN_HANGOVER_MS", default_value_t = 600)]
-    pub turn_hangover_ms: u64,
-    /// Silence, in milliseconds, after which the final transcript is started speculatively
-    /// (thrown away if the user goes on; at most the hangover).
+    /// Silence, in milliseconds, that ends a turn the end-of-turn model did not end sooner
+    /// (it or the words said the user had not finished), at most 3000. Default: 1000 with
+    /// Smart Turn, 600 without it.
+    #[arg(long, env = "VOXIO_TURN_HANGOVER_MS")]
+    pub turn_hangover_ms: Option<u64>,
+    /// Silence, in milliseconds, after which the end-of-turn model is asked whether the user
+    /// has finished (and asked again after each further pause) and the final transcript is
+    /// started speculatively (thrown away if the user goes on); at most the hangover.
     #[arg(long, env = "VOXIO_TURN_PAUSE_MS", default_value_t = 200)]
     pub turn_pause_ms: u64,
     /// Confidence (0 to 1) below which the assistant asks before removing or clearing.
@@ -373,10 +381,8 @@ mod tests {
         let theirs = crate::voice::turn::TurnConfig::default();
         assert_eq!(Duration::from_millis(ours.turn_confirm_ms), theirs.confirm);
         assert_eq!(Duration::from_millis(ours.turn_preroll_ms), theirs.preroll);
-        assert_eq!(
-            Duration::from_millis(ours.turn_hangover_ms),
-            theirs.hangover
-        );
+        assert_eq!(ours.turn_hangover_ms, None);
+        assert_eq!(theirs.hangover, crate::voice::turn::HANGOVER_WITHOUT_MODEL);
         assert_eq!(Duration::from_millis(ours.turn_max_ms), theirs.max_turn);
         assert_eq!(Duration::from_millis(ours.turn_pause_ms), theirs.pause);
         assert_eq!(ours.vad_threshold, theirs.threshold);

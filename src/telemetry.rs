@@ -88,6 +88,14 @@ fn describe() {
         "Voice pipelines moved to the thread of their connection (after an upgrade)"
     );
     describe_counter!(
+        "voxio_voice_turn_checks_total",
+        "Pauses the end-of-turn model gave a verdict on"
+    );
+    describe_counter!(
+        "voxio_voice_turn_checks_refused_total",
+        "Pauses not checked because too many checks were waiting (the hangover ended the turn)"
+    );
+    describe_counter!(
         "voxio_voice_stt_dropped_total",
         "Audio batches a speech-to-text decoder could not take (it fell 12 s behind)"
     );
@@ -185,6 +193,8 @@ pub(crate) struct VoiceMetrics {
     pub dropped: Counter,
     pub turns: Counter,
     pub moves: Counter,
+    pub turn_checks: Counter,
+    pub turn_checks_refused: Counter,
 }
 
 pub(crate) static VOICE: LazyLock<VoiceMetrics> = LazyLock::new(|| VoiceMetrics {
@@ -192,6 +202,8 @@ pub(crate) static VOICE: LazyLock<VoiceMetrics> = LazyLock::new(|| VoiceMetrics 
     dropped: counter!("voxio_voice_audio_dropped_total"),
     turns: counter!("voxio_voice_turns_total"),
     moves: counter!("voxio_voice_pipeline_moves_total"),
+    turn_checks: counter!("voxio_voice_turn_checks_total"),
+    turn_checks_refused: counter!("voxio_voice_turn_checks_refused_total"),
 });
 
 /// Counts an audio batch a speech-to-text decoder could not take.

@@ -345,7 +345,8 @@ fn voice_server(
         tts: Arc::new(tts::ProcessTts::flite()),
         inbox,
         lead: Duration::from_millis(300),
-        vad,
+        vad: Arc::new(vad),
+        turn_detector: None,
         models: Vec::new(),
     };
     namespace(

@@ -9,12 +9,55 @@
 
 pub mod assistant;
 pub mod audio;
+pub mod onnx;
 pub mod openai;
 pub mod pipeline;
+pub mod silero;
+pub mod smart_turn;
 pub mod stt;
 pub mod tts;
 pub mod turn;
 pub mod whisper;
+
+/// What the speech models' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::PathBuf;
+
+    /// What a test says when the models are missing.
+    pub const MODELS: &str = "the models the setup installs (scripts/deps.sh models)";
+
+    /// The models directory (`VOXIO_MODELS_DIR`, else `models/`).
+    pub fn models() -> PathBuf {
+        std::env::var_os("VOXIO_MODELS_DIR").map_or_else(|| PathBuf::from("models"), Into::into)
+    }
+
+    /// A flite `slt` clip of `text` (16 kHz PCM).
+    pub fn flite(text: &str) -> Vec<i16> {
+        let path = std::env::temp_dir().join(format!(
+            "voxio-test-{}-{}.wav",
+            std::process::id(),
+            text.len()
+        ));
+        let status = std::process::Command::new("flite")
+            .args(["-voice", "slt", "-t", text, "-o"])
+            .arg(&path)
+            .status()
+            .expect("flite (a Debian package the setup installs)");
+        assert!(status.success());
+        let wav = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let at = wav
+            .windows(4)
+            .position(|w| w == b"data")
+            .expect("a data chunk")
+            + 8;
+        wav[at..]
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect()
+    }
+}
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -28,6 +28,7 @@ use futures_util::StreamExt;
 
 use super::assistant::{AnswerStream, Assistant, AssistantEvent, Line, Role, Said, Sentences};
 use super::audio::{AudioFormat, Converter, Frame};
+use super::smart_turn::{self, TurnDetector, Verdict};
 use super::stt::{SpeechToText, SttEvent, SttStream};
 use super::tts::{Speech, TextToSpeech};
 use super::turn::{Earshot, Step, TurnConfig, Turns, Vad};
@@ -47,8 +48,11 @@ pub struct Stages {
     pub inbox: usize,
     /// Speech sent ahead of real time, as a jitter buffer for the client. Default 300 ms.
     pub lead: Duration,
-    /// Makes each pipeline's VAD (earshot by default).
-    pub vad: fn() -> Box<dyn Vad>,
+    /// Makes each pipeline's VAD (Silero when its model loaded, else earshot).
+    pub vad: MakeVad,
+    /// Decides, when the user pauses, whether the turn is over (Smart Turn when its model
+    /// loaded); without one a turn ends after the hangover.
+    pub turn_detector: Option<Arc<dyn TurnDetector>>,
     /// The speech models the stages looked for, for `/readyz`.
     pub models: Vec<ModelState>,
 }
@@ -67,9 +71,12 @@ pub struct ModelState {
     pub fallback: Option<String>,
 }
 
-/// earshot, boxed: the default for [`Stages::vad`].
-pub fn earshot_vad() -> Box<dyn Vad> {
-    Box::new(Earshot::new())
+/// Makes a VAD for a new pipeline.
+pub type MakeVad = Arc<dyn Fn() -> Box<dyn Vad> + Send + Sync>;
+
+/// earshot, boxed: the fallback for [`Stages::vad`].
+pub fn earshot_vad() -> MakeVad {
+    Arc::new(|| Box::new(Earshot::new()))
 }
 
 /// Audio waiting for the actor: bounded, oldest dropped first.
@@ -242,11 +249,54 @@ enum Control {
     Shutdown,
 }
 
+/// The end-of-turn model's verdict on pause number `pause` of turn `turn`.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct TurnVerdict {
+    turn: u64,
+    pause: u64,
+    verdict: Result<Verdict, String>,
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Transcript {
     turn: u64,
     event: SttEvent,
+}
+
+/// What is known of a pause, for ending its turn before the hangover: the turn is over when
+/// the end-of-turn model says the user has finished (prosody) and, where speech-to-text says
+/// what it heard at the pause, its words do not trail off. Both are needed: on synthetic
+/// voices the model hears "add milk and" as finished. Waiting for the words costs no latency:
+/// the answer needs them anyway, and they are the turn's final transcript.
+#[derive(Debug, Default)]
+struct Ending {
+    /// The last pause the model said the user finished at.
+    finished: Option<u64>,
+    /// The last pause a decode heard words at, and whether they trail off.
+    heard: Option<(u64, bool)>,
+    /// Speech-to-text says what it heard at pauses: wait for its words.
+    wait_for_words: bool,
+}
+
+impl Ending {
+    fn new(wait_for_words: bool) -> Ending {
+        Ending {
+            wait_for_words,
+            ..Ending::default()
+        }
+    }
+
+    /// The pause at which the model and the words agree the turn is over.
+    fn over(&self) -> Option<u64> {
+        let finished = self.finished?;
+        match self.heard {
+            _ if !self.wait_for_words => Some(finished),
+            Some((heard, false)) if heard == finished => Some(finished),
+            _ => None,
+        }
+    }
 }
 
 /// Times of one turn, for its `metrics` event.
@@ -330,6 +380,11 @@ pub struct Pipeline {
     converter: Converter,
     vad: Box<dyn Vad>,
     turns: Turns,
+    /// The turn's last [`smart_turn::WINDOW`] samples, for the end-of-turn model (empty
+    /// without one).
+    turn_audio: VecDeque<i16>,
+    /// What is known of the pause in progress, for ending the turn before the hangover.
+    ending: Ending,
     frames: Vec<Frame>,
     stt: Option<Box<dyn SttStream>>,
     turn: u64,
@@ -366,6 +421,8 @@ impl Pipeline {
             converter: Converter::new(AudioFormat::default()),
             vad: (stages.vad)(),
             turns: Turns::new(stages.turn),
+            turn_audio: VecDeque::new(),
+            ending: Ending::new(stages.stt.hears_at_pauses()),
             frames: Vec::with_capacity(64),
             stt: None,
             turn: 0,
@@ -404,7 +461,14 @@ impl Pipeline {
         if score >= self.stages.turn.threshold {
             self.times.last_voiced = Some(Instant::now());
         }
-        match self.turns.push(frame, score) {
+        let step = self.turns.push(frame, score);
+        if matches!(
+            step,
+            Step::Speech | Step::Pause | Step::Recheck | Step::Resume
+        ) {
+            self.keep_turn_audio(frame);
+        }
+        match step {
             Step::Idle => {}
             Step::Started => self.speech_started(ctx),
             Step::Speech => {
@@ -413,10 +477,18 @@ impl Pipeline {
                 }
             }
             Step::Pause => {
+                let pause = self.turns.pause_number();
                 if let Some(stt) = &mut self.stt {
                     stt.push(frame);
-                    stt.pause();
+                    stt.pause(pause);
                 }
+                self.ask_if_finished(ctx);
+            }
+            Step::Recheck => {
+                if let Some(stt) = &mut self.stt {
+                    stt.push(frame);
+                }
+                self.ask_if_finished(ctx);
             }
             Step::Resume => {
                 if let Some(stt) = &mut self.stt {
@@ -425,6 +497,39 @@ impl Pipeline {
                 }
             }
             Step::Stopped => self.speech_stopped(),
+        }
+    }
+
+    /// Keeps the frame as the end of the turn's audio, for the end-of-turn model.
+    fn keep_turn_audio(&mut self, frame: &Frame) {
+        if self.stages.turn_detector.is_none() {
+            return;
+        }
+        let over = (self.turn_audio.len() + frame.len()).saturating_sub(smart_turn::WINDOW);
+        self.turn_audio.drain(..over.min(self.turn_audio.len()));
+        self.turn_audio.extend(frame);
+    }
+
+    /// The user paused: asks the end-of-turn model whether the turn is over. Without a
+    /// verdict (no model, or too many checks waiting) the turn ends after the hangover.
+    fn ask_if_finished(&mut self, ctx: &mut Context<Self>) {
+        let Some(detector) = &self.stages.turn_detector else {
+            return;
+        };
+        let (addr, turn, pause) = (ctx.address(), self.turn, self.turns.pause_number());
+        let audio: Vec<i16> = self.turn_audio.iter().copied().collect();
+        let asked = detector.ask(
+            audio,
+            Box::new(move |verdict| {
+                addr.do_send(TurnVerdict {
+                    turn,
+                    pause,
+                    verdict,
+                })
+            }),
+        );
+        if !asked {
+            VOICE.turn_checks_refused.increment(1);
         }
     }
 
@@ -449,6 +554,11 @@ impl Pipeline {
             self.emit("error", json!({"code": "stt_busy", "message": "Speech recognition is busy; this turn is not transcribed."}));
         }
         let preroll: Vec<Frame> = self.turns.take_preroll().collect();
+        self.turn_audio.clear();
+        self.ending = Ending::new(self.stages.stt.hears_at_pauses());
+        for frame in &preroll {
+            self.keep_turn_audio(frame);
+        }
         if let Some(stt) = &mut self.stt {
             for frame in &preroll {
                 stt.push(frame);
@@ -779,6 +889,8 @@ impl Pipeline {
             ),
             vad: std::mem::replace(&mut self.vad, (stages.vad)()),
             turns: std::mem::replace(&mut self.turns, Turns::new(stages.turn)),
+            turn_audio: std::mem::take(&mut self.turn_audio),
+            ending: Ending::new(stages.stt.hears_at_pauses()),
             frames: Vec::with_capacity(64),
             stt: None,
             turn: self.turn,
@@ -907,7 +1019,16 @@ impl Handler<Transcript> for Pipeline {
             return;
         }
         match msg.event {
+            // A partial that comes after the turn's final (the turn ended at once on the words
+            // heard at the pause, while the partials' decoder was still catching up) is stale.
+            SttEvent::Partial(_) if self.times.final_at.is_some() => {}
             SttEvent::Partial(text) => self.emit("transcript.partial", json!({ "text": text })),
+            SttEvent::Tentative { pause, text } => {
+                let trails_off = smart_turn::trails_off(&text);
+                tracing::debug!(turn = msg.turn, pause, trails_off, "heard at the pause");
+                self.ending.heard = Some((pause, trails_off));
+                self.end_if_agreed();
+            }
             SttEvent::Final { text, confidence } => {
                 let (text, confidence) = after_held(self.held.take(), text, confidence);
                 self.times.final_at = Some(Instant::now());
@@ -935,5 +1056,71 @@ impl Handler<Transcript> for Pipeline {
                 self.say(BUSY_APOLOGY, ctx);
             }
         }
+    }
+}
+
+impl Pipeline {
+    /// Ends the turn now if the model and the words agree it is over, and the user has not
+    /// spoken since the pause they are about.
+    fn end_if_agreed(&mut self) {
+        if let Some(pause) = self.ending.over() {
+            if self.turns.end_if_paused(pause) {
+                self.speech_stopped();
+            }
+        }
+    }
+}
+
+impl Handler<TurnVerdict> for Pipeline {
+    type Result = ();
+
+    fn handle(&mut self, msg: TurnVerdict, _: &mut Context<Self>) {
+        if let Some(next) = &self.moved {
+            return next.do_send(msg);
+        }
+        match msg.verdict {
+            Ok(verdict) => {
+                VOICE.turn_checks.increment(1);
+                tracing::debug!(
+                    turn = msg.turn,
+                    pause = msg.pause,
+                    probability = verdict.probability,
+                    "end-of-turn verdict"
+                );
+                // The latest check of the pause in progress counts.
+                if msg.turn == self.turn && msg.pause == self.turns.pause_number() {
+                    self.ending.finished = verdict.complete().then_some(msg.pause);
+                    self.end_if_agreed();
+                }
+            }
+            Err(e) => {
+                tracing::warn!("end-of-turn model: {e}; this turn ends after the hangover")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_turn_ends_early_only_when_the_model_and_the_words_agree_on_one_pause() {
+        let mut e = Ending::new(true);
+        assert_eq!(e.over(), None);
+        e.finished = Some(3);
+        assert_eq!(e.over(), None, "the words are not in yet");
+        e.heard = Some((3, true));
+        assert_eq!(e.over(), None, "the words trail off");
+        e.heard = Some((2, false));
+        assert_eq!(e.over(), None, "words of an earlier pause");
+        e.heard = Some((3, false));
+        assert_eq!(e.over(), Some(3));
+        e.finished = None;
+        assert_eq!(e.over(), None, "the model said not finished");
+        // Speech-to-text that says nothing at pauses: the model decides alone.
+        let mut e = Ending::new(false);
+        e.finished = Some(1);
+        assert_eq!(e.over(), Some(1));
     }
 }

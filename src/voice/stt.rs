@@ -42,6 +42,14 @@ pub enum SttEvent {
     Failed(String),
     /// Too many turns are waiting to be transcribed: this one was not.
     Busy,
+    /// What the decode started at pause number `pause` heard, while the turn is not yet
+    /// declared over: its final transcript if the user says no more. Only speech is reported.
+    Tentative {
+        /// The pause the decode started at ([`SttStream::pause`]).
+        pause: u64,
+        /// The words.
+        text: String,
+    },
 }
 
 impl SttEvent {
@@ -61,6 +69,12 @@ pub type SttSink = Arc<dyn Fn(SttEvent) + Send + Sync>;
 pub trait SpeechToText: Send + Sync {
     /// Starts a stream for one turn; `None` when no decoder is free.
     fn start(&self, sink: SttSink) -> Option<Box<dyn SttStream>>;
+
+    /// Whether its streams say what they heard at a pause ([`SttEvent::Tentative`]), so that
+    /// turn-taking can wait for the words.
+    fn hears_at_pauses(&self) -> bool {
+        false
+    }
 
     /// Whether it can take turns now (a remote provider: always; it fails per turn).
     fn readiness(&self) -> Readiness {
@@ -94,9 +108,10 @@ pub trait SttStream: Send {
     fn finish(self: Box<Self>);
     /// The turn was abandoned: no final.
     fn cancel(self: Box<Self>);
-    /// The user has paused long enough that the turn may be over: a good moment to start
-    /// transcribing what was said so far.
-    fn pause(&mut self) {}
+    /// The user has paused long enough that the turn may be over (pause number `pause` of
+    /// the stream): a good moment to start transcribing what was said so far, and to say what
+    /// was heard ([`SttEvent::Tentative`]) if the engine can.
+    fn pause(&mut self, _pause: u64) {}
     /// The user spoke again after [`SttStream::pause`]: what was started then is stale.
     fn resume(&mut self) {}
 }
@@ -643,6 +658,10 @@ impl WhisperStt {
 }
 
 impl SpeechToText for WhisperStt {
+    fn hears_at_pauses(&self) -> bool {
+        true
+    }
+
     fn start(&self, sink: SttSink) -> Option<Box<dyn SttStream>> {
         let partial = self.partials.as_ref().and_then(|p| p.start(sink.clone()));
         Some(Box::new(WhisperStream {
@@ -673,6 +692,9 @@ struct Merge {
     grammar: Option<Option<String>>,
     /// Set when the turn has ended and waits for this decode.
     wanted: Option<SttSink>,
+    /// Where to say what Whisper heard if it is done before the turn ends, and the pause
+    /// number the decode started at.
+    peek: Option<(u64, SttSink)>,
     /// Delivered, or stale (the user went on): nothing more to do.
     over: bool,
 }
@@ -728,10 +750,14 @@ struct WhisperStream {
 }
 
 impl WhisperStream {
-    /// Queues the audio so far with Whisper and the command grammar.
-    fn decode(&self) -> Result<Decode, Refused> {
+    /// Queues the audio so far with Whisper and the command grammar; a decode started at
+    /// pause number `pause` says what it heard if it is done before the turn ends.
+    fn decode(&self, pause: Option<u64>) -> Result<Decode, Refused> {
         let samples = Arc::new(self.audio.clone());
-        let merge = Arc::new(Mutex::new(Merge::default()));
+        let merge = Arc::new(Mutex::new(Merge {
+            peek: pause.map(|p| (p, self.sink.clone())),
+            ..Merge::default()
+        }));
         let cancelled = Arc::new(AtomicBool::new(false));
         let into = merge.clone();
         self.queue.submit(whisper::Job {
@@ -739,6 +765,14 @@ impl WhisperStream {
             cancelled: cancelled.clone(),
             done: Box::new(move |result| {
                 let mut merge = into.lock().unwrap_or_else(|e| e.into_inner());
+                if let (Some((pause, sink)), Ok(heard)) = (merge.peek.take(), &result) {
+                    if !merge.over && merge.wanted.is_none() && heard.is_speech() {
+                        sink(SttEvent::Tentative {
+                            pause,
+                            text: heard.text.trim().to_owned(),
+                        });
+                    }
+                }
                 merge.whisper = Some(result);
                 merge.try_deliver();
             }),
@@ -773,12 +807,12 @@ impl SttStream for WhisperStream {
         }
     }
 
-    fn pause(&mut self) {
+    fn pause(&mut self, pause: u64) {
         if let Some(old) = self.speculation.take() {
             old.abandon();
         }
         // A full queue takes no speculation: the decode starts at the end of the turn.
-        self.speculation = self.decode().ok();
+        self.speculation = self.decode(Some(pause)).ok();
     }
 
     fn resume(&mut self) {
@@ -795,7 +829,7 @@ impl SttStream for WhisperStream {
         if let Some(decode) = self.speculation.take() {
             return decode.want(self.sink.clone());
         }
-        match self.decode() {
+        match self.decode(None) {
             Ok(decode) => decode.want(self.sink.clone()),
             Err(Refused::Busy) => (self.sink)(SttEvent::Busy),
             Err(Refused::Stopped) => {

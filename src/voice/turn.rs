@@ -4,8 +4,11 @@
 //! - Speech is confirmed after `confirm` of voiced frames in a row; the `preroll` before the
 //!   first of them is kept so the start of the first word reaches speech-to-text.
 //! - After `pause` of unvoiced frames inside a turn the machine says so ([`Step::Pause`]): the
-//!   turn may be over, and speech-to-text can start on what was said so far. A voiced frame
-//!   after that says the user went on ([`Step::Resume`]).
+//!   turn may be over, and speech-to-text can start on what was said so far; the end-of-turn
+//!   model, when there is one, is asked whether the user has finished, and asked again after
+//!   each further `pause` of silence ([`Step::Recheck`]). A "finished" verdict ends the turn
+//!   at once ([`Turns::end_if_paused`]), if the user has not spoken since. A voiced frame says
+//!   the user went on ([`Step::Resume`]).
 //! - The turn ends after `hangover` of unvoiced frames, or when it reaches `max_turn`.
 
 use std::collections::VecDeque;
@@ -59,11 +62,17 @@ pub struct TurnConfig {
     /// Silence after which the turn may be over (speech-to-text starts speculatively).
     /// Default 200 ms; at most the hangover.
     pub pause: Duration,
-    /// Silence that ends a turn. Default 600 ms; at most 3 s.
+    /// Silence that ends a turn. Default 600 ms ([`HANGOVER_WITHOUT_MODEL`]); at most 3 s.
     pub hangover: Duration,
     /// Longest turn. Default 15 s.
     pub max_turn: Duration,
 }
+
+/// The hangover when there is no end-of-turn model: every turn ends after it.
+pub const HANGOVER_WITHOUT_MODEL: Duration = Duration::from_millis(600);
+/// The hangover with an end-of-turn model: the most a turn waits when the model or the words
+/// say the user has not finished (a turn they agree is over ends at once).
+pub const HANGOVER_WITH_MODEL: Duration = Duration::from_millis(1000);
 
 /// The longest hangover allowed.
 pub const MAX_HANGOVER: Duration = Duration::from_secs(3);
@@ -75,7 +84,7 @@ impl Default for TurnConfig {
             confirm: Duration::from_millis(200),
             preroll: Duration::from_millis(300),
             pause: Duration::from_millis(200),
-            hangover: Duration::from_millis(600),
+            hangover: HANGOVER_WITHOUT_MODEL,
             max_turn: Duration::from_secs(15),
         }
     }
@@ -98,6 +107,8 @@ pub enum Step {
     Speech,
     /// The frame belongs to the turn, and completes `pause` of silence in it.
     Pause,
+    /// The frame belongs to the turn, and completes another `pause` of the same silence.
+    Recheck,
     /// The frame belongs to the turn, and is voiced after a [`Step::Pause`].
     Resume,
     /// The turn ended (this frame, silence, is not part of it).
@@ -116,6 +127,8 @@ pub struct Turns {
     recent: VecDeque<Frame>,
     voiced_run: usize,
     in_turn: Option<InTurn>,
+    /// Pauses so far, numbering each one.
+    pauses: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,7 +154,24 @@ impl Turns {
             recent: VecDeque::with_capacity(confirm + preroll),
             voiced_run: 0,
             in_turn: None,
+            pauses: 0,
         }
+    }
+
+    /// The number of the pause in progress (the last [`Step::Pause`]).
+    pub fn pause_number(&self) -> u64 {
+        self.pauses
+    }
+
+    /// Ends the turn if it is still in pause number `pause` (the user has not spoken since):
+    /// the end-of-turn model said the user has finished. Whether it ended.
+    pub fn end_if_paused(&mut self, pause: u64) -> bool {
+        let paused = self.in_turn.is_some_and(|t| t.paused) && pause == self.pauses;
+        if paused {
+            self.in_turn = None;
+            self.voiced_run = 0;
+        }
+        paused
     }
 
     /// Whether a turn is in progress.
@@ -162,7 +192,11 @@ impl Turns {
             }
             if turn.silent_run == self.pause {
                 turn.paused = true;
+                self.pauses += 1;
                 return Step::Pause;
+            }
+            if turn.silent_run > self.pause && turn.silent_run % self.pause == 0 {
+                return Step::Recheck;
             }
             if voiced && turn.paused {
                 turn.paused = false;
@@ -240,10 +274,13 @@ mod tests {
         run(&mut t, &[0.9; 12]);
         // A 400 ms pause (25 frames) is shorter than the 600 ms hangover (37 frames): it is
         // reported at 200 ms (12 frames), and the next voiced frame resumes the turn.
+        // A further 200 ms of the same silence asks again.
         let steps = run(&mut t, &[0.1; 25]);
         assert_eq!(steps[..11], [Step::Speech; 11]);
         assert_eq!(steps[11], Step::Pause);
-        assert!(steps[12..].iter().all(|s| *s == Step::Speech));
+        assert_eq!(steps[23], Step::Recheck);
+        assert!(steps[12..23].iter().all(|s| *s == Step::Speech));
+        assert_eq!(steps[24], Step::Speech);
         assert_eq!(
             run(&mut t, &[0.9; 5]),
             [
@@ -260,9 +297,11 @@ mod tests {
         assert_eq!(t.push(&F, 0.9), Step::Speech);
         let steps = run(&mut t, &[0.1; 37]);
         assert_eq!(steps[11], Step::Pause);
+        assert_eq!(steps[23], Step::Recheck);
+        assert_eq!(steps[35], Step::Recheck);
         assert_eq!(
             steps[..36].iter().filter(|s| **s == Step::Speech).count(),
-            35
+            33
         );
         assert_eq!(steps[36], Step::Stopped);
         assert!(!t.in_turn());
@@ -279,5 +318,26 @@ mod tests {
         run(&mut t, &[0.9; 12]);
         let steps = run(&mut t, &[0.9; 60]);
         assert_eq!(steps.iter().filter(|s| **s == Step::Stopped).count(), 1);
+    }
+
+    #[test]
+    fn a_finished_verdict_ends_only_the_pause_it_was_asked_about() {
+        let mut t = Turns::new(TurnConfig::default());
+        run(&mut t, &[0.9; 12]);
+        assert!(!t.end_if_paused(t.pause_number()), "not paused yet");
+        let steps = run(&mut t, &[0.1; 12]);
+        assert_eq!(steps[11], Step::Pause);
+        let first = t.pause_number();
+        // The user went on before the verdict came: it is stale.
+        assert_eq!(t.push(&F, 0.9), Step::Resume);
+        assert!(!t.end_if_paused(first));
+        let steps = run(&mut t, &[0.1; 12]);
+        assert_eq!(steps[11], Step::Pause);
+        assert!(!t.end_if_paused(first), "an older pause's verdict");
+        assert!(t.end_if_paused(t.pause_number()));
+        assert!(!t.in_turn());
+        // The next voiced frames start a new turn.
+        let steps = run(&mut t, &[0.9; 12]);
+        assert_eq!(steps[11], Step::Started);
     }
 }

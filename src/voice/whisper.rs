@@ -28,8 +28,10 @@ pub const SAMPLE_RATE: usize = 16_000;
 /// Samples in Whisper's 30 s window.
 pub const WINDOW_SAMPLES: usize = 30 * SAMPLE_RATE;
 const N_FFT: usize = 400;
-const HOP: usize = 160;
-const N_MELS: usize = 80;
+/// Samples between feature frames (10 ms).
+pub const HOP: usize = 160;
+/// Mel bands per feature frame.
+pub const N_MELS: usize = 80;
 /// Feature frames in the window.
 pub const FRAMES: usize = WINDOW_SAMPLES / HOP;
 const BINS: usize = N_FFT / 2 + 1;
@@ -128,18 +130,31 @@ impl LogMel {
     /// The features of `samples` (16 kHz, at most 30 s; more is cut) padded with silence to
     /// the 30 s window: `N_MELS` rows of [`FRAMES`] values, row-major.
     pub fn features(&self, samples: &[f32]) -> Vec<f32> {
-        let samples = &samples[..samples.len().min(WINDOW_SAMPLES)];
-        // Frames centred on hop * i, reflect-padded at the start; frames past the audio see
-        // only the zero padding.
-        let with_audio = ((samples.len() + N_FFT / 2) / HOP + 1).min(FRAMES);
-        let mut mel = vec![0f32; N_MELS * FRAMES];
+        self.features_in(samples, WINDOW_SAMPLES)
+    }
+
+    /// The features of a window of `window` samples (a multiple of the 10 ms hop) of which
+    /// `samples` are the first (more are cut) and silence the rest: `N_MELS` rows of
+    /// `window / HOP` values, row-major. As the reference does, frames are centred on
+    /// `hop * i` over the window reflected at both ends, and the frame centred on its end is
+    /// left out.
+    pub fn features_in(&self, samples: &[f32], window: usize) -> Vec<f32> {
+        let frames = window / HOP;
+        let samples = &samples[..samples.len().min(window)];
+        // Frames past the audio see only the zero padding.
+        let with_audio = ((samples.len() + N_FFT / 2) / HOP + 1).min(frames);
+        let mut mel = vec![0f32; N_MELS * frames];
         let mut input = self.fft.make_input_vec();
         let mut spectrum = self.fft.make_output_vec();
         let mut scratch = self.fft.make_scratch_vec();
         let mut power = [0f32; BINS];
         let sample_at = |i: isize| -> f32 {
-            // Reflection at the start (index -n is sample n); zeros after the end.
-            let i = i.unsigned_abs();
+            // Reflection at the start (index -n is sample n) and at the window's end; zeros
+            // between the audio and the window's end.
+            let mut i = i.unsigned_abs();
+            if i >= window {
+                i = (2 * (window - 1)).saturating_sub(i);
+            }
             samples.get(i).copied().unwrap_or(0.0)
         };
         for frame in 0..with_audio {
@@ -163,7 +178,7 @@ impl LogMel {
                     .zip(&power[*start..])
                     .map(|(w, p)| w * p)
                     .sum();
-                mel[band * FRAMES + frame] = energy;
+                mel[band * frames + frame] = energy;
             }
         }
         let mut peak = f32::MIN;

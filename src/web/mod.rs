@@ -441,13 +441,19 @@ fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
         }),
         other => anyhow::bail!("VOXIO_TTS must be flite, espeak-ng or openai, not {other:?}"),
     };
+    let (vad, turn_detector) = turn_models(args, &mut models);
+    let hangover = match (args.turn_hangover_ms, &turn_detector) {
+        (Some(ms), _) => Duration::from_millis(ms),
+        (None, Some(_)) => voice::turn::HANGOVER_WITH_MODEL,
+        (None, None) => voice::turn::HANGOVER_WITHOUT_MODEL,
+    };
     Ok(voice::pipeline::Stages {
         turn: voice::turn::TurnConfig {
             threshold: args.vad_threshold,
             confirm: Duration::from_millis(args.turn_confirm_ms),
             preroll: Duration::from_millis(args.turn_preroll_ms),
             pause: Duration::from_millis(args.turn_pause_ms),
-            hangover: Duration::from_millis(args.turn_hangover_ms),
+            hangover,
             max_turn: Duration::from_millis(args.turn_max_ms),
         },
         stt,
@@ -455,9 +461,66 @@ fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
         tts,
         inbox: args.audio_queue,
         lead: Duration::from_millis(300),
-        vad: voice::pipeline::earshot_vad,
+        vad,
+        turn_detector,
         models,
     })
+}
+
+/// Silero VAD and Smart Turn on ONNX Runtime, from the models directory; each missing or
+/// broken one is logged once and replaced by its fallback (earshot; the hangover alone).
+fn turn_models(
+    args: &ServerArgs,
+    models: &mut Vec<voice::pipeline::ModelState>,
+) -> (
+    voice::pipeline::MakeVad,
+    Option<Arc<dyn voice::smart_turn::TurnDetector>>,
+) {
+    use voice::pipeline::{earshot_vad, MakeVad, ModelState};
+    use voice::silero::{SileroModel, SileroVad};
+    use voice::smart_turn::{SmartTurn, TurnDetector};
+    let dir = &args.models_dir;
+    let hangover = args
+        .turn_hangover_ms
+        .unwrap_or(voice::turn::HANGOVER_WITHOUT_MODEL.as_millis() as u64);
+    let vad: MakeVad = match SileroModel::load(dir) {
+        Ok(model) => {
+            models.push(ModelState {
+                name: "silero-vad",
+                role: "voice activity",
+                loaded: true,
+                fallback: None,
+            });
+            Arc::new(move || Box::new(SileroVad::new(model.clone())))
+        }
+        Err(e) => {
+            tracing::warn!("Silero VAD: {e}; voice activity falls back to earshot");
+            models.push(ModelState {
+                name: "silero-vad",
+                role: "voice activity",
+                loaded: false,
+                fallback: Some("earshot".into()),
+            });
+            earshot_vad()
+        }
+    };
+    let detector: Option<Arc<dyn TurnDetector>> = match SmartTurn::start(dir, args.turn_check_queue)
+    {
+        Ok(model) => Some(Arc::new(model)),
+        Err(e) => {
+            tracing::warn!("Smart Turn: {e}; every turn ends after {hangover} ms of silence");
+            None
+        }
+    };
+    models.push(ModelState {
+        name: "smart-turn-v3.2",
+        role: "end of turn",
+        loaded: detector.is_some(),
+        fallback: detector
+            .is_none()
+            .then(|| format!("{hangover} ms of silence")),
+    });
+    (vad, detector)
 }
 
 /// The official Socket.IO client bundle, from the npm package the setup installed.
