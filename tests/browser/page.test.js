@@ -31,15 +31,11 @@ import { existsSync } from "node:fs";
 import { mkdtemp, mkdir, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { startVoxioServer, bounded } from "../interop/helpers.js";
+import { ARTIFACTS, CHROMIUM, CLIENT_JS, launchChromium, until, waitStats, watchedPage } from "./support.js";
 
 const execFileP = promisify(execFile);
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ARTIFACTS = path.join(HERE, "artifacts");
-const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
-const CLIENT_JS = path.resolve(HERE, "../../client/node_modules/socket.io-client/dist/socket.io.min.js");
 const PHRASE = "add bread to my list";
 
 const BARGE_IN = "please tell me a very long story about the weather in the mountains";
@@ -50,24 +46,7 @@ let bargeWav; // PHRASE, then BARGE_IN soon after
 
 /** Launches Debian's Chromium, its fake microphone playing `wav` (looped). */
 function launch(wav) {
-  return chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 30_000,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--use-fake-ui-for-media-stream",
-      "--use-fake-device-for-media-stream",
-      `--use-file-for-fake-audio-capture=${wav}`,
-      "--autoplay-policy=no-user-gesture-required",
-    ],
-  });
+  return launchChromium(chromium, CHROMIUM, wav);
 }
 
 async function flite(text, file) {
@@ -108,25 +87,6 @@ after(async () => {
   if (tmp) await rm(tmp, { recursive: true, force: true });
 });
 
-/** Resolves when `pred()` is true (polled every 50 ms); rejects after `ms` with `what()`. */
-async function until(pred, ms, what) {
-  const deadline = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`${typeof what === "function" ? what() : what} within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-/** Waits for `fn(stats)` to be true in the page; the error tells what the page saw. */
-async function waitStats(page, fn, ms, what) {
-  try {
-    await page.waitForFunction(fn, null, { timeout: ms, polling: 100 });
-  } catch (err) {
-    const seen = await page.evaluate(() => JSON.stringify(window.voxioStats)).catch(() => "(page gone)");
-    throw new Error(`${what} within ${ms} ms; voxioStats: ${seen} (${err.message.split("\n")[0]})`);
-  }
-}
-
 /**
  * A new page of `browserToUse` on `server`, at `viewport`, recording console errors, page
  * errors and failed requests in `problems` and every WebSocket handshake (DevTools protocol)
@@ -136,26 +96,7 @@ async function openPage(browserToUse, server, viewport, name, cleanup) {
   const context = await browserToUse.newContext({ viewport, deviceScaleFactor: 1 });
   cleanup(() => context.close());
   await context.grantPermissions(["microphone"], { origin: server.httpUrl });
-  const page = await context.newPage();
-  page.setDefaultTimeout(10_000);
-
-  const problems = [];
-  page.on("console", (msg) => {
-    if (msg.type() === "error") problems.push(`console error: ${msg.text()} (${msg.location().url || "?"})`);
-  });
-  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
-  page.on("response", (res) => {
-    if (res.status() >= 400) problems.push(`HTTP ${res.status()} for ${res.url()}`);
-  });
-
-  const sockets = new Map();
-  const cdp = await context.newCDPSession(page);
-  cdp.on("Network.webSocketCreated", ({ requestId, url }) => sockets.set(requestId, { url, status: null }));
-  cdp.on("Network.webSocketHandshakeResponseReceived", ({ requestId, response }) => {
-    const s = sockets.get(requestId) || { url: "?" };
-    sockets.set(requestId, { ...s, status: response.status });
-  });
-  await cdp.send("Network.enable");
+  const { page, problems, sockets } = await watchedPage(context);
 
   let shot = 0;
   const screenshot = async (label) => {

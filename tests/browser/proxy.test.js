@@ -25,16 +25,12 @@ import http from "node:http";
 import https from "node:https";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { startVoxioServer, startRedis, bounded } from "../interop/helpers.js";
 import { checkNginxSsl, makeCertificate, startTlsNginx } from "./nginx-tls.js";
+import { ARTIFACTS, CHROMIUM, CLIENT_JS, launchChromium, until, waitStats, watchedPage } from "./support.js";
 
 const execFileP = promisify(execFile);
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ARTIFACTS = path.join(HERE, "artifacts");
-const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
-const CLIENT_JS = path.resolve(HERE, "../../client/node_modules/socket.io-client/dist/socket.io.min.js");
 const PHRASE = "add call the plumber about the sink to my list";
 const SECRET = "proxy-test-secret-0123456789abcdef0123456789";
 // A name that resolves to loopback in this browser only, so that http:// on it is insecure.
@@ -75,26 +71,10 @@ before(async () => {
     tls.dir,
   );
 
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 30_000,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--ignore-certificate-errors",
-      `--host-resolver-rules=MAP ${LAN_NAME} 127.0.0.1`,
-      "--use-fake-ui-for-media-stream",
-      "--use-fake-device-for-media-stream",
-      `--use-file-for-fake-audio-capture=${wav}`,
-      "--autoplay-policy=no-user-gesture-required",
-    ],
-  });
+  browser = await launchChromium(chromium, CHROMIUM, wav, [
+    "--ignore-certificate-errors",
+    `--host-resolver-rules=MAP ${LAN_NAME} 127.0.0.1`,
+  ]);
 });
 
 after(async () => {
@@ -113,16 +93,6 @@ const everyone = {
   },
 };
 
-/** Waits for `fn()` to be true in the page; the error tells what the page saw. */
-async function waitStats(page, fn, ms, what) {
-  try {
-    await page.waitForFunction(fn, null, { timeout: ms, polling: 100 });
-  } catch (err) {
-    const seen = await page.evaluate(() => JSON.stringify(window.voxioStats)).catch(() => "(page gone)");
-    throw new Error(`${what} within ${ms} ms; voxioStats: ${seen} (${err.message.split("\n")[0]})`);
-  }
-}
-
 /**
  * A new page at `origin`, recording console errors, page errors and failed requests in
  * `problems`, and every WebSocket handshake (DevTools protocol) in `sockets`.
@@ -132,36 +102,7 @@ async function openPage(origin, viewport, cleanup) {
   cleanup(() => context.close());
   // Chromium grants nothing to an insecure origin (nor would a person be asked).
   if (origin.startsWith("https:")) await context.grantPermissions(["microphone"], { origin });
-  const page = await context.newPage();
-  page.setDefaultTimeout(10_000);
-
-  const problems = [];
-  page.on("console", (msg) => {
-    if (msg.type() === "error") problems.push(`console error: ${msg.text()} (${msg.location().url || "?"})`);
-  });
-  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
-  page.on("response", (res) => {
-    if (res.status() >= 400) problems.push(`HTTP ${res.status()} for ${res.url()}`);
-  });
-
-  const sockets = new Map();
-  const cdp = await context.newCDPSession(page);
-  cdp.on("Network.webSocketCreated", ({ requestId, url }) => sockets.set(requestId, { url, status: null }));
-  cdp.on("Network.webSocketHandshakeResponseReceived", ({ requestId, response }) => {
-    const s = sockets.get(requestId) || { url: "?" };
-    sockets.set(requestId, { ...s, status: response.status });
-  });
-  await cdp.send("Network.enable");
-  return { page, problems, sockets };
-}
-
-/** Resolves when `pred()` is true (polled every 50 ms); rejects after `ms` with `what()`. */
-async function until(pred, ms, what) {
-  const deadline = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`${what()} within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  return watchedPage(context);
 }
 
 /** One GET with node's http/https: { status, headers }. */
