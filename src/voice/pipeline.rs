@@ -278,6 +278,8 @@ struct Ending {
     heard: Option<(u64, bool)>,
     /// Speech-to-text says what it heard at pauses: wait for its words.
     wait_for_words: bool,
+    /// A check is in flight: no other is asked for until its verdict is in.
+    checking: bool,
 }
 
 impl Ending {
@@ -488,7 +490,11 @@ impl Pipeline {
                 if let Some(stt) = &mut self.stt {
                     stt.push(frame);
                 }
-                self.ask_if_finished(ctx);
+                // Asked again only if the model said the user had not finished: a check
+                // costs a core for ~50 ms, which the decode under way would otherwise have.
+                if self.ending.finished != Some(self.turns.pause_number()) {
+                    self.ask_if_finished(ctx);
+                }
             }
             Step::Resume => {
                 if let Some(stt) = &mut self.stt {
@@ -516,6 +522,9 @@ impl Pipeline {
         let Some(detector) = &self.stages.turn_detector else {
             return;
         };
+        if self.ending.checking {
+            return;
+        }
         let (addr, turn, pause) = (ctx.address(), self.turn, self.turns.pause_number());
         let audio: Vec<i16> = self.turn_audio.iter().copied().collect();
         let asked = detector.ask(
@@ -528,7 +537,9 @@ impl Pipeline {
                 })
             }),
         );
-        if !asked {
+        if asked {
+            self.ending.checking = true;
+        } else {
             VOICE.turn_checks_refused.increment(1);
         }
     }
@@ -1077,6 +1088,9 @@ impl Handler<TurnVerdict> for Pipeline {
     fn handle(&mut self, msg: TurnVerdict, _: &mut Context<Self>) {
         if let Some(next) = &self.moved {
             return next.do_send(msg);
+        }
+        if msg.turn == self.turn {
+            self.ending.checking = false;
         }
         match msg.verdict {
             Ok(verdict) => {
