@@ -241,7 +241,10 @@ fn open_session(
         shared.config.outbound_queue,
         shared.config.outbound_bytes,
     ));
-    let client = (shared.config.client_of.0)(req.peer_addr().map(|a| a.ip()), req.headers());
+    // Who the client is matters only when sessions per client are capped.
+    let client = (shared.config.max_sessions_per_client > 0)
+        .then(|| (shared.config.client_of.0)(req.peer_addr().map(|a| a.ip()), req.headers()))
+        .flatten();
     let slot = shared
         .registry
         .reserve(
@@ -446,7 +449,6 @@ impl Registry {
         transport: TransportKind,
         handle: SessionHandle,
     ) -> Result<SessionSlot, EngineError> {
-        let client = client.filter(|_| config.max_sessions_per_client > 0);
         if let Some(client) = &client {
             let mut counts = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
             let count = counts.entry(client.clone()).or_insert(0);

@@ -9,6 +9,7 @@
 
 pub mod assistant;
 pub mod audio;
+pub mod listen;
 pub mod onnx;
 pub mod openai;
 pub mod pipeline;
@@ -193,11 +194,13 @@ pub fn log_out(io: &SocketIo, login: &str) -> usize {
         return 0;
     };
     let room = login_room(login);
-    ns.to(room.clone()).emit(
-        "auth_error",
-        auth_error("logged_out", "You logged out.", Duration::ZERO),
-    );
+    ns.to(room.clone()).emit("auth_error", logged_out());
     ns.to(room).disconnect_sockets()
+}
+
+/// What a socket whose login logged out is told before it is disconnected.
+fn logged_out() -> Value {
+    auth_error("logged_out", "You logged out.", Duration::ZERO)
 }
 
 fn on_authenticated(voice: &Voice, socket: &Socket, who: &Authenticated) {
@@ -208,8 +211,7 @@ fn on_authenticated(voice: &Voice, socket: &Socket, who: &Authenticated) {
         let (socket, auth, login) = (socket.clone(), voice.auth.clone(), login.clone());
         actix_rt::spawn(async move {
             if let Ok(true) = auth.revoked.is_revoked(&login).await {
-                let body = auth_error("logged_out", "You logged out.", Duration::ZERO);
-                let _ = socket.emit("auth_error", body);
+                let _ = socket.emit("auth_error", logged_out());
                 socket.disconnect();
             }
         });

@@ -5,8 +5,11 @@
 //! between turns (its state moves whole; nothing in flight is lost).
 //!
 //! Audio chunks reach it through a bounded inbox (drop-oldest, drops counted) with one wake-up
-//! message per batch, not per chunk. Frames go through VAD and turn-taking on the actor;
-//! speech-to-text runs on a borrowed decoder thread; the assistant answers; speech is
+//! message per batch, not per chunk. Frames go through the listener on the actor (VAD,
+//! turn-taking and the end-of-turn policy: a pure core, [`super::listen`]), which says when to
+//! ask the end-of-turn model; speech-to-text runs on decoder threads; the assistant answers;
+//! everything sent to the actor is one `Input` message, so a pipeline that moved forwards
+//! it in one place. Speech is
 //! synthesized by a process and streamed back paced near real time. When the user speaks over
 //! the assistant, speech and synthesis are cancelled at once and the client is told to clear
 //! its playback (barge-in). Every stage's cost is reported per turn in a `metrics` event.
@@ -28,10 +31,11 @@ use futures_util::StreamExt;
 
 use super::assistant::{AnswerStream, Assistant, AssistantEvent, Line, Role, Said, Sentences};
 use super::audio::{AudioFormat, Converter, Frame};
-use super::smart_turn::{self, TurnDetector, Verdict};
+use super::listen::Listener;
+use super::smart_turn::{TurnDetector, Verdict};
 use super::stt::{SpeechToText, SttEvent, SttStream};
 use super::tts::{Speech, TextToSpeech};
-use super::turn::{Earshot, Step, TurnConfig, Turns, Vad};
+use super::turn::{Earshot, Step, TurnConfig, Vad};
 use crate::socketio::{Payload, Socket};
 
 /// The stages and settings every pipeline shares.
@@ -69,6 +73,16 @@ pub struct ModelState {
     /// Why not, and what is used instead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+}
+
+/// A new pipeline's listener.
+fn listener(stages: &Stages) -> Listener {
+    Listener::new(
+        (stages.vad)(),
+        stages.turn,
+        stages.turn_detector.is_some(),
+        stages.stt.hears_at_pauses(),
+    )
 }
 
 /// Makes a VAD for a new pipeline.
@@ -120,18 +134,13 @@ struct Home {
 }
 
 impl Home {
-    fn send<M>(&self, msg: M)
-    where
-        M: Message + Send + 'static,
-        M::Result: Send,
-        Pipeline: Handler<M>,
-    {
+    fn send(&self, input: Input) {
         // Sent under the lock: a message sent after a move reaches the new actor, and one
         // sent before it is forwarded by the old one.
         self.addr
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .do_send(msg);
+            .do_send(input);
     }
 }
 
@@ -164,7 +173,7 @@ impl PipelineHandle {
             !self.inbox.scheduled.swap(true, Ordering::AcqRel)
         };
         if wake {
-            self.home.send(Wake);
+            self.home.send(Input::Wake);
         }
         self.follow();
     }
@@ -182,34 +191,35 @@ impl PipelineHandle {
         }
         // Not on an actix arbiter (no worker to move to): stay, and do not ask again.
         if let Some(to) = actix_rt::Arbiter::try_current() {
-            self.home.send(Relocate { to, thread: here });
+            self.home
+                .send(Input::Relocate(Relocate { to, thread: here }));
         }
     }
 
     /// A new stream format (`audio.start`).
     pub fn start(&self, format: AudioFormat) {
         *self.format.lock().unwrap_or_else(|e| e.into_inner()) = format;
-        self.home.send(Control::Start(format));
+        self.home.send(Input::Control(Control::Start(format)));
     }
 
     /// The stream ended (`audio.stop`).
     pub fn stop(&self) {
-        self.home.send(Control::Stop);
+        self.home.send(Input::Control(Control::Stop));
     }
 
     /// How much of the assistant's speech the client has played.
     pub fn played(&self, ms: u64) {
-        self.home.send(Control::Played(ms));
+        self.home.send(Input::Control(Control::Played(ms)));
     }
 
     /// Typed input instead of speech.
     pub fn text(&self, text: String) {
-        self.home.send(Control::Text(text));
+        self.home.send(Input::Control(Control::Text(text)));
     }
 
     /// The socket left: stop, releasing the decoder and any speech process.
     pub fn shutdown(&self) {
-        self.home.send(Control::Shutdown);
+        self.home.send(Input::Control(Control::Shutdown));
     }
 
     /// Chunks dropped so far.
@@ -224,13 +234,21 @@ impl PipelineHandle {
     }
 }
 
+/// Everything sent to a pipeline, in one message so that a pipeline that moved forwards it
+/// in one place.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Wake;
+enum Input {
+    /// The inbox has chunks.
+    Wake,
+    Relocate(Relocate),
+    Control(Control),
+    Answer(AnswerEvent),
+    Transcript(Transcript),
+    Verdict(TurnVerdict),
+}
 
 /// Move to the arbiter `to`, whose thread is `thread`, at the first moment between turns.
-#[derive(Message)]
-#[rtype(result = "()")]
 struct Relocate {
     to: actix_rt::ArbiterHandle,
     thread: usize,
@@ -239,8 +257,6 @@ struct Relocate {
 /// How long a pipeline that moved forwards what was sent to it before the move.
 const FORWARD_AFTER_MOVE: Duration = Duration::from_secs(2);
 
-#[derive(Message)]
-#[rtype(result = "()")]
 enum Control {
     Start(AudioFormat),
     Stop,
@@ -250,55 +266,15 @@ enum Control {
 }
 
 /// The end-of-turn model's verdict on pause number `pause` of turn `turn`.
-#[derive(Message)]
-#[rtype(result = "()")]
 struct TurnVerdict {
     turn: u64,
     pause: u64,
     verdict: Result<Verdict, String>,
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
 struct Transcript {
     turn: u64,
     event: SttEvent,
-}
-
-/// What is known of a pause, for ending its turn before the hangover: the turn is over when
-/// the end-of-turn model says the user has finished (prosody) and, where speech-to-text says
-/// what it heard at the pause, its words do not trail off. Both are needed: on synthetic
-/// voices the model hears "add milk and" as finished. Waiting for the words costs no latency:
-/// the answer needs them anyway, and they are the turn's final transcript.
-#[derive(Debug, Default)]
-struct Ending {
-    /// The last pause the model said the user finished at.
-    finished: Option<u64>,
-    /// The last pause a decode heard words at, and whether they trail off.
-    heard: Option<(u64, bool)>,
-    /// Speech-to-text says what it heard at pauses: wait for its words.
-    wait_for_words: bool,
-    /// A check is in flight: no other is asked for until its verdict is in.
-    checking: bool,
-}
-
-impl Ending {
-    fn new(wait_for_words: bool) -> Ending {
-        Ending {
-            wait_for_words,
-            ..Ending::default()
-        }
-    }
-
-    /// The pause at which the model and the words agree the turn is over.
-    fn over(&self) -> Option<u64> {
-        let finished = self.finished?;
-        match self.heard {
-            _ if !self.wait_for_words => Some(finished),
-            Some((heard, false)) if heard == finished => Some(finished),
-            _ => None,
-        }
-    }
 }
 
 /// Times of one turn, for its `metrics` event.
@@ -365,8 +341,6 @@ fn heard(spoken: &[(String, u64)], played_ms: u64) -> String {
     heard.join(" ")
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
 struct AnswerEvent {
     id: u64,
     /// `None` when the answer's stream ended.
@@ -380,13 +354,8 @@ pub struct Pipeline {
     stages: Arc<Stages>,
     inbox: Arc<Inbox>,
     converter: Converter,
-    vad: Box<dyn Vad>,
-    turns: Turns,
-    /// The turn's last [`smart_turn::WINDOW`] samples, for the end-of-turn model (empty
-    /// without one).
-    turn_audio: VecDeque<i16>,
-    /// What is known of the pause in progress, for ending the turn before the hangover.
-    ending: Ending,
+    /// Voice activity and turn-taking.
+    listener: Listener,
     frames: Vec<Frame>,
     stt: Option<Box<dyn SttStream>>,
     turn: u64,
@@ -421,10 +390,7 @@ impl Pipeline {
             user,
             inbox: inbox.clone(),
             converter: Converter::new(AudioFormat::default()),
-            vad: (stages.vad)(),
-            turns: Turns::new(stages.turn),
-            turn_audio: VecDeque::new(),
-            ending: Ending::new(stages.stt.hears_at_pauses()),
+            listener: listener(&stages),
             frames: Vec::with_capacity(64),
             stt: None,
             turn: 0,
@@ -459,41 +425,22 @@ impl Pipeline {
     }
 
     fn on_frame(&mut self, frame: &Frame, ctx: &mut Context<Self>) {
-        let score = self.vad.score(frame);
-        if score >= self.stages.turn.threshold {
+        let heard = self.listener.frame(frame);
+        if heard.voiced {
             self.times.last_voiced = Some(Instant::now());
         }
-        let step = self.turns.push(frame, score);
-        if matches!(
-            step,
-            Step::Speech | Step::Pause | Step::Recheck | Step::Resume
-        ) {
-            self.keep_turn_audio(frame);
-        }
-        match step {
+        match heard.step {
             Step::Idle => {}
             Step::Started => self.speech_started(ctx),
-            Step::Speech => {
+            Step::Speech | Step::Recheck => {
                 if let Some(stt) = &mut self.stt {
                     stt.push(frame);
                 }
             }
             Step::Pause => {
-                let pause = self.turns.pause_number();
                 if let Some(stt) = &mut self.stt {
                     stt.push(frame);
-                    stt.pause(pause);
-                }
-                self.ask_if_finished(ctx);
-            }
-            Step::Recheck => {
-                if let Some(stt) = &mut self.stt {
-                    stt.push(frame);
-                }
-                // Asked again only if the model said the user had not finished: a check
-                // costs a core for ~50 ms, which the decode under way would otherwise have.
-                if self.ending.finished != Some(self.turns.pause_number()) {
-                    self.ask_if_finished(ctx);
+                    stt.pause(self.listener.pause_number());
                 }
             }
             Step::Resume => {
@@ -504,43 +451,30 @@ impl Pipeline {
             }
             Step::Stopped => self.speech_stopped(),
         }
-    }
-
-    /// Keeps the frame as the end of the turn's audio, for the end-of-turn model.
-    fn keep_turn_audio(&mut self, frame: &Frame) {
-        if self.stages.turn_detector.is_none() {
-            return;
+        if heard.ask {
+            self.ask_if_finished(ctx);
         }
-        let over = (self.turn_audio.len() + frame.len()).saturating_sub(smart_turn::WINDOW);
-        self.turn_audio.drain(..over.min(self.turn_audio.len()));
-        self.turn_audio.extend(frame);
     }
 
-    /// The user paused: asks the end-of-turn model whether the turn is over. Without a
-    /// verdict (no model, or too many checks waiting) the turn ends after the hangover.
+    /// Asks the end-of-turn model whether the user has finished (the listener said when).
     fn ask_if_finished(&mut self, ctx: &mut Context<Self>) {
         let Some(detector) = &self.stages.turn_detector else {
-            return;
+            return self.listener.not_asked();
         };
-        if self.ending.checking {
-            return;
-        }
-        let (addr, turn, pause) = (ctx.address(), self.turn, self.turns.pause_number());
-        let audio: Vec<i16> = self.turn_audio.iter().copied().collect();
+        let (addr, turn, pause) = (ctx.address(), self.turn, self.listener.pause_number());
         let asked = detector.ask(
-            audio,
+            self.listener.window(),
             Box::new(move |verdict| {
-                addr.do_send(TurnVerdict {
+                addr.do_send(Input::Verdict(TurnVerdict {
                     turn,
                     pause,
                     verdict,
-                })
+                }))
             }),
         );
-        if asked {
-            self.ending.checking = true;
-        } else {
+        if !asked {
             VOICE.turn_checks_refused.increment(1);
+            self.listener.not_asked();
         }
     }
 
@@ -559,19 +493,14 @@ impl Pipeline {
             ..TurnTimes::default()
         };
         let (addr, turn) = (ctx.address(), self.turn);
-        let sink = Arc::new(move |event| addr.do_send(Transcript { turn, event }));
+        let sink =
+            Arc::new(move |event| addr.do_send(Input::Transcript(Transcript { turn, event })));
         self.stt = self.stages.stt.start(sink);
         if self.stt.is_none() {
             self.emit("error", json!({"code": "stt_busy", "message": "Speech recognition is busy; this turn is not transcribed."}));
         }
-        let preroll: Vec<Frame> = self.turns.take_preroll().collect();
-        self.turn_audio.clear();
-        self.ending = Ending::new(self.stages.stt.hears_at_pauses());
-        for frame in &preroll {
-            self.keep_turn_audio(frame);
-        }
         if let Some(stt) = &mut self.stt {
-            for frame in &preroll {
+            for frame in self.listener.preroll() {
                 stt.push(frame);
             }
         }
@@ -615,12 +544,12 @@ impl Pipeline {
         let addr = ctx.address();
         let task = actix_rt::spawn(async move {
             while let Some(event) = stream.next().await {
-                addr.do_send(AnswerEvent {
+                addr.do_send(Input::Answer(AnswerEvent {
                     id,
                     event: Some(event),
-                });
+                }));
             }
-            addr.do_send(AnswerEvent { id, event: None });
+            addr.do_send(Input::Answer(AnswerEvent { id, event: None }));
         });
         self.played_ms = 0;
         self.answer = Some(Answer {
@@ -820,11 +749,24 @@ impl Actor for Pipeline {
 /// reading (and the inbox, not the socket, absorbs a pipeline that falls behind).
 const CHUNKS_PER_WAKE: usize = 8;
 
-impl Handler<Wake> for Pipeline {
+impl Handler<Input> for Pipeline {
     type Result = ();
 
-    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
-        self.drain(ctx);
+    fn handle(&mut self, input: Input, ctx: &mut Context<Self>) {
+        if let Some(next) = &self.moved {
+            return next.do_send(input);
+        }
+        match input {
+            Input::Wake => self.drain(ctx),
+            Input::Relocate(relocate) => {
+                self.relocation = Some(relocate);
+                self.try_relocate(ctx);
+            }
+            Input::Control(control) => self.on_control(control, ctx),
+            Input::Answer(event) => self.on_answer(event, ctx),
+            Input::Transcript(transcript) => self.on_transcript(transcript, ctx),
+            Input::Verdict(verdict) => self.on_verdict(verdict, ctx),
+        }
     }
 }
 
@@ -833,7 +775,7 @@ impl Pipeline {
     /// timer, not a notification: those run before anything else gets a turn).
     fn drain(&mut self, ctx: &mut Context<Self>) {
         if let Some(next) = &self.moved {
-            return next.do_send(Wake);
+            return next.do_send(Input::Wake);
         }
         for _ in 0..CHUNKS_PER_WAKE {
             let chunk = {
@@ -857,18 +799,6 @@ impl Pipeline {
             self.frames = frames;
         }
         ctx.run_later(Duration::ZERO, |act, ctx| act.drain(ctx));
-    }
-}
-
-impl Handler<Relocate> for Pipeline {
-    type Result = ();
-
-    fn handle(&mut self, relocate: Relocate, ctx: &mut Context<Self>) {
-        if let Some(next) = &self.moved {
-            return next.do_send(relocate);
-        }
-        self.relocation = Some(relocate);
-        self.try_relocate(ctx);
     }
 }
 
@@ -898,10 +828,7 @@ impl Pipeline {
                 &mut self.converter,
                 Converter::new(AudioFormat::default()),
             ),
-            vad: std::mem::replace(&mut self.vad, (stages.vad)()),
-            turns: std::mem::replace(&mut self.turns, Turns::new(stages.turn)),
-            turn_audio: std::mem::take(&mut self.turn_audio),
-            ending: Ending::new(stages.stt.hears_at_pauses()),
+            listener: std::mem::replace(&mut self.listener, listener(&stages)),
             frames: Vec::with_capacity(64),
             stt: None,
             turn: self.turn,
@@ -925,30 +852,24 @@ impl Pipeline {
         }
         self.home.moving.store(false, Ordering::Release);
         // Whatever the inbox holds (its wake-up may have come here) is the new actor's now.
-        next.do_send(Wake);
+        next.do_send(Input::Wake);
         self.moved = Some(next);
         VOICE.moves.increment(1);
         ctx.run_later(FORWARD_AFTER_MOVE, |_, ctx| ctx.stop());
     }
 }
 
-impl Handler<Control> for Pipeline {
-    type Result = ();
-
-    fn handle(&mut self, control: Control, ctx: &mut Context<Self>) {
-        if let Some(next) = &self.moved {
-            return next.do_send(control);
-        }
+impl Pipeline {
+    fn on_control(&mut self, control: Control, ctx: &mut Context<Self>) {
         match control {
             Control::Start(format) => {
                 self.converter = Converter::new(format);
-                self.vad.reset();
+                self.listener.restart();
             }
             Control::Stop => {
-                if self.turns.in_turn() {
+                if self.listener.stop() {
                     self.speech_stopped();
                 }
-                self.turns.reset();
             }
             Control::Played(ms) => self.played_ms = ms,
             Control::Text(text) => {
@@ -963,13 +884,8 @@ impl Handler<Control> for Pipeline {
     }
 }
 
-impl Handler<AnswerEvent> for Pipeline {
-    type Result = ();
-
-    fn handle(&mut self, msg: AnswerEvent, ctx: &mut Context<Self>) {
-        if let Some(next) = &self.moved {
-            return next.do_send(msg);
-        }
+impl Pipeline {
+    fn on_answer(&mut self, msg: AnswerEvent, ctx: &mut Context<Self>) {
         let Some(answer) = self.answer.as_mut().filter(|a| a.id == msg.id) else {
             return;
         };
@@ -1011,13 +927,8 @@ impl Handler<AnswerEvent> for Pipeline {
     }
 }
 
-impl Handler<Transcript> for Pipeline {
-    type Result = ();
-
-    fn handle(&mut self, msg: Transcript, ctx: &mut Context<Self>) {
-        if let Some(next) = &self.moved {
-            return next.do_send(msg);
-        }
+impl Pipeline {
+    fn on_transcript(&mut self, msg: Transcript, ctx: &mut Context<Self>) {
         if msg.turn != self.turn {
             // An earlier turn's words, come in after the user started speaking again (a pause
             // longer than the hangover): they open this turn's transcript instead of being
@@ -1035,10 +946,9 @@ impl Handler<Transcript> for Pipeline {
             SttEvent::Partial(_) if self.times.final_at.is_some() => {}
             SttEvent::Partial(text) => self.emit("transcript.partial", json!({ "text": text })),
             SttEvent::Tentative { pause, text } => {
-                let trails_off = smart_turn::trails_off(&text);
-                tracing::debug!(turn = msg.turn, pause, trails_off, "heard at the pause");
-                self.ending.heard = Some((pause, trails_off));
-                self.end_if_agreed();
+                if self.listener.words(pause, &text) {
+                    self.speech_stopped();
+                }
             }
             SttEvent::Final { text, confidence } => {
                 let (text, confidence) = after_held(self.held.take(), text, confidence);
@@ -1071,26 +981,9 @@ impl Handler<Transcript> for Pipeline {
 }
 
 impl Pipeline {
-    /// Ends the turn now if the model and the words agree it is over, and the user has not
-    /// spoken since the pause they are about.
-    fn end_if_agreed(&mut self) {
-        if let Some(pause) = self.ending.over() {
-            if self.turns.end_if_paused(pause) {
-                self.speech_stopped();
-            }
-        }
-    }
-}
-
-impl Handler<TurnVerdict> for Pipeline {
-    type Result = ();
-
-    fn handle(&mut self, msg: TurnVerdict, _: &mut Context<Self>) {
-        if let Some(next) = &self.moved {
-            return next.do_send(msg);
-        }
-        if msg.turn == self.turn {
-            self.ending.checking = false;
+    fn on_verdict(&mut self, msg: TurnVerdict, _: &mut Context<Self>) {
+        if msg.turn != self.turn {
+            return;
         }
         match msg.verdict {
             Ok(verdict) => {
@@ -1101,40 +994,14 @@ impl Handler<TurnVerdict> for Pipeline {
                     probability = verdict.probability,
                     "end-of-turn verdict"
                 );
-                // The latest check of the pause in progress counts.
-                if msg.turn == self.turn && msg.pause == self.turns.pause_number() {
-                    self.ending.finished = verdict.complete().then_some(msg.pause);
-                    self.end_if_agreed();
+                if self.listener.verdict(msg.pause, verdict) {
+                    self.speech_stopped();
                 }
             }
             Err(e) => {
-                tracing::warn!("end-of-turn model: {e}; this turn ends after the hangover")
+                self.listener.no_verdict();
+                tracing::warn!("end-of-turn model: {e}; this turn ends after the hangover");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_turn_ends_early_only_when_the_model_and_the_words_agree_on_one_pause() {
-        let mut e = Ending::new(true);
-        assert_eq!(e.over(), None);
-        e.finished = Some(3);
-        assert_eq!(e.over(), None, "the words are not in yet");
-        e.heard = Some((3, true));
-        assert_eq!(e.over(), None, "the words trail off");
-        e.heard = Some((2, false));
-        assert_eq!(e.over(), None, "words of an earlier pause");
-        e.heard = Some((3, false));
-        assert_eq!(e.over(), Some(3));
-        e.finished = None;
-        assert_eq!(e.over(), None, "the model said not finished");
-        // Speech-to-text that says nothing at pauses: the model decides alone.
-        let mut e = Ending::new(false);
-        e.finished = Some(1);
-        assert_eq!(e.over(), Some(1));
     }
 }

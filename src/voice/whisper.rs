@@ -442,6 +442,17 @@ impl DecodeQueue {
                     let started = Instant::now();
                     let result = model.transcribe(&job.samples);
                     crate::telemetry::voice_stage("whisper", started.elapsed().as_secs_f64());
+                    // Numbers only: what the user said stays out of the logs.
+                    if let Ok(heard) = &result {
+                        tracing::debug!(
+                            ms = started.elapsed().as_millis() as u64,
+                            samples = job.samples.len(),
+                            no_speech_prob = heard.no_speech_prob,
+                            avg_logprob = heard.avg_logprob,
+                            speech = heard.is_speech(),
+                            "whisper decode"
+                        );
+                    }
                     (job.done)(result);
                 }
             })
