@@ -343,6 +343,49 @@ async fn websocket_max_payload_closes_with_1009() {
     server.wait_sessions(0).await;
 }
 
+/// A frame whose header declares more than the limit is refused at its header, before its
+/// payload arrives: the server does not buffer a declared 10 MB (it used to buffer all of it).
+#[actix_rt::test]
+async fn websocket_oversized_frame_is_refused_at_its_header() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::echo(EngineConfig {
+        max_payload: 1000,
+        ..fast()
+    });
+    let request = format!(
+        "GET /engine.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    let mut stream = raw_connect(server.addr, request.as_bytes()).await;
+    // A masked binary frame declaring 10 MB, and 1 KB of it.
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend(10_000_000u64.to_be_bytes());
+    frame.extend([1, 2, 3, 4]);
+    frame.extend([0u8; 1024]);
+    stream.write_all(&frame).await.unwrap();
+    // The close frame, 1009, comes now (not after 10 MB).
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let closed = loop {
+        if got
+            .windows(4)
+            .any(|w| w[0] == 0x88 && w[2..] == [0x03, 0xf1])
+        {
+            break true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut buf = [0u8; 4096];
+        match actix_rt::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break false,
+        }
+    };
+    assert!(closed, "no close 1009 within 3 s; got {} bytes", got.len());
+    server.wait_sessions(0).await;
+}
+
 #[actix_rt::test]
 async fn websocket_fragments_are_bounded() {
     let server = TestServer::echo(EngineConfig {

@@ -15,6 +15,7 @@
 
 mod config;
 mod error;
+mod frame_guard;
 pub mod outbox;
 pub mod packet;
 mod polling;

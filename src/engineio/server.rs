@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
+use super::frame_guard::Guarded;
 use super::outbox::{Outbox, SessionHandle};
 use super::polling::{Poll, PollReply, PollingSession, PostData, PostStart};
 use super::session::{Event, Session};
@@ -358,13 +359,33 @@ async fn post(
         .body("ok"))
 }
 
+/// The WebSocket handshake, on a payload whose frames are refused as soon as a header declares
+/// more than `max_payload` (actix-ws would buffer such a frame whole first).
+fn websocket_handshake(
+    shared: &Arc<EngineShared>,
+    req: &HttpRequest,
+    body: web::Payload,
+) -> Result<(HttpResponse, actix_ws::Session, actix_ws::MessageStream), EngineError> {
+    use actix_web::FromRequest;
+    use futures_util::FutureExt;
+    type Boxed = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, actix_web::error::PayloadError>>>,
+    >;
+    let guarded: Boxed = Box::pin(Guarded::new(body.into_inner(), shared.config.max_payload));
+    let mut payload = actix_web::dev::Payload::from(guarded);
+    let body = web::Payload::from_request(req, &mut payload)
+        .now_or_never()
+        .and_then(Result::ok)
+        .ok_or(EngineError::BadRequest)?;
+    actix_ws::handle(req, body).map_err(|_| EngineError::BadRequest)
+}
+
 fn websocket_open(
     shared: &Arc<EngineShared>,
     req: &HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, EngineError> {
-    let (response, ws, stream) =
-        actix_ws::handle(req, body).map_err(|_| EngineError::BadRequest)?;
+    let (response, ws, stream) = websocket_handshake(shared, req, body)?;
     let core = open_session(shared, req, TransportKind::WebSocket)?;
     WsConnection::start_open(shared.clone(), ws, stream, core);
     Ok(response)
@@ -377,8 +398,7 @@ fn websocket_upgrade(
     sid: Sid,
 ) -> Result<HttpResponse, EngineError> {
     let route = shared.registry.get(sid).ok_or(EngineError::UnknownSid)?;
-    let (response, ws, stream) =
-        actix_ws::handle(req, body).map_err(|_| EngineError::BadRequest)?;
+    let (response, ws, stream) = websocket_handshake(shared, req, body)?;
     match route {
         Route::Polling(polling) => WsConnection::start_probe(shared.clone(), ws, stream, polling),
         // A second WebSocket for a session already on one: accepted, then closed at once.

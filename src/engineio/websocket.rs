@@ -24,6 +24,7 @@ use actix_ws::{CloseCode, Item, Message, MessageStream, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
+use super::frame_guard;
 use super::outbox::Outbox;
 use super::packet::{OutFrame, Packet};
 use super::polling::{
@@ -420,6 +421,9 @@ impl StreamHandler<Result<Message, ProtocolError>> for WsConnection {
         let message = match item {
             Ok(message) => message,
             Err(ProtocolError::Overflow) => {
+                return self.fail(CloseReason::TransportError, CloseCode::Size, ctx)
+            }
+            Err(ProtocolError::Io(e)) if frame_guard::is_refusal(&e) => {
                 return self.fail(CloseReason::TransportError, CloseCode::Size, ctx)
             }
             Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
