@@ -137,7 +137,8 @@ impl Listener {
         self.audio.iter().copied().collect()
     }
 
-    /// The check [`Heard::ask`] asked for could not be made.
+    /// No verdict will come for the check [`Heard::ask`] asked for: it could not be made, or
+    /// it failed.
     pub fn not_asked(&mut self) {
         self.ending.checking = false;
     }
@@ -151,11 +152,6 @@ impl Listener {
         }
         self.ending.finished = verdict.complete().then_some(pause);
         self.end_if_agreed()
-    }
-
-    /// A check of this turn failed: no verdict will come.
-    pub fn no_verdict(&mut self) {
-        self.ending.checking = false;
     }
 
     /// The words the decode started at pause number `pause` of this turn heard. Whether they

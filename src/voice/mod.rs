@@ -48,15 +48,9 @@ pub(crate) mod testing {
         assert!(status.success());
         let wav = std::fs::read(&path).unwrap();
         let _ = std::fs::remove_file(&path);
-        let at = wav
-            .windows(4)
-            .position(|w| w == b"data")
-            .expect("a data chunk")
-            + 8;
-        wav[at..]
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]))
-            .collect()
+        let speech = super::tts::parse_wav(&wav).expect("a WAV file");
+        assert_eq!(speech.sample_rate, 16_000);
+        speech.samples
     }
 }
 

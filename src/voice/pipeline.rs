@@ -999,7 +999,7 @@ impl Pipeline {
                 }
             }
             Err(e) => {
-                self.listener.no_verdict();
+                self.listener.not_asked();
                 tracing::warn!("end-of-turn model: {e}; this turn ends after the hangover");
             }
         }
