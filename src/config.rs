@@ -148,7 +148,7 @@ pub struct ServerArgs {
     /// Threads one Whisper decode computes with (0: one per CPU core, at most 4).
     #[arg(long, env = "VOXIO_WHISPER_THREADS", default_value_t = 0)]
     pub whisper_threads: usize,
-    /// Whisper's arithmetic: `int8` (ruy) or `float32`.
+    /// Whisper's arithmetic: `int8` or `float32`.
     #[arg(long, env = "VOXIO_WHISPER_PRECISION", default_value = "int8")]
     pub whisper_precision: String,
     /// Turns that may wait for their final transcript; past that a turn is told `busy`.

@@ -9,15 +9,18 @@
 //!   the rest of the 30 s window is the constant that zero padding gives.
 //! - [`Transcription::is_speech`]: Whisper's own no-speech rule (no-speech probability over 0.6
 //!   with an average log-probability under -1), so a hallucinated sentence on noise is refused.
+//! - [`Whisper::transcribe`] encodes the window once, decodes it freely, and, given another
+//!   engine's reading of the same audio (the command grammar's), scores that reading on the
+//!   same encoding ([`Reading`]): how likely Whisper finds those exact words for this audio.
 //! - [`DecodeQueue`]: one decoding thread fed by a bounded queue, in order. A decode is a CPU
 //!   resource, not a per-turn one: any number of talkers share it, and when the queue is full
 //!   the caller is told at once instead of waiting.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ct2rs::sys::{ComputeType, Config, Device, StorageView, WhisperOptions};
 use ct2rs::Tokenizer as _;
@@ -227,12 +230,54 @@ impl Transcription {
     }
 }
 
+/// Another engine's reading of an utterance, as Whisper scores it on the same audio.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// The words, as the other engine wrote them.
+    pub text: String,
+    /// Whisper's average log-probability per token of those words (written as Whisper writes
+    /// a sentence: capital first, closing punctuation) given the audio.
+    pub avg_logprob: f32,
+}
+
+/// What Whisper made of one utterance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heard {
+    /// Whisper's own words.
+    pub transcription: Transcription,
+    /// The other engine's reading, scored, when there was one with other words.
+    pub candidate: Option<Reading>,
+}
+
+/// How long the decoding thread waits, after its own decode, for the other engine's reading
+/// of the same utterance. The command grammar decodes ~50× faster than Whisper, so it is
+/// there already unless its own queue is far behind.
+const CANDIDATE_WAIT: Duration = Duration::from_millis(500);
+
+/// `text` as Whisper writes a sentence: capital first, a question mark after a question,
+/// else a full stop (scores of the bare lower-case words are lower and noisier).
+fn written_form(text: &str) -> String {
+    let text = text.trim();
+    let mut chars = text.chars();
+    let mut out: String = chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default();
+    if !out.ends_with(['.', '?', '!']) {
+        let question = ["what ", "who ", "how ", "is ", "are ", "do ", "can "]
+            .iter()
+            .any(|w| text.to_lowercase().starts_with(w));
+        out.push(if question { '?' } else { '.' });
+    }
+    out
+}
+
 /// Numeric precision of the model's weights at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
-    /// 32-bit floats (CTranslate2's own kernels: no BLAS is linked).
+    /// 32-bit floats.
     Float32,
-    /// 8-bit integers on ruy.
+    /// 8-bit integer weights (oneMKL's kernels in the CTranslate2 library).
     Int8,
 }
 
@@ -254,6 +299,9 @@ pub struct Whisper {
     tokenizer: ct2rs::tokenizers::hf::Tokenizer,
     features: LogMel,
     options: WhisperOptions,
+    /// Token ids of the start of a transcript without timestamps (what a scored reading
+    /// follows).
+    start: [usize; 2],
 }
 
 /// Level (peak of a 10 ms block) under which audio at the edges of a turn counts as silence.
@@ -321,6 +369,13 @@ impl Whisper {
         }
         let tokenizer = ct2rs::tokenizers::hf::Tokenizer::new(dir)
             .map_err(|e| format!("Whisper tokenizer in {} did not load: {e}", dir.display()))?;
+        let id = |token: &str| {
+            std::ops::Deref::deref(&tokenizer)
+                .token_to_id(token)
+                .map(|id| id as usize)
+                .ok_or_else(|| format!("the Whisper tokenizer has no {token}"))
+        };
+        let start = [id(START_OF_TRANSCRIPT)?, id(NO_TIMESTAMPS)?];
         let options = WhisperOptions {
             // Greedy: on short windows beam search repeats itself more, and costs more.
             beam_size: 1,
@@ -335,32 +390,62 @@ impl Whisper {
             tokenizer,
             features: LogMel::new(),
             options,
+            start,
         })
     }
 
     /// Transcribes one utterance (16 kHz mono, at most 30 s) on Whisper's whole 30 s window:
     /// on windows fitted to the audio (a fifth of the cost for a 3 s turn) tiny.en repeats
     /// itself in most turns (measured in the server: 5 of 6), so it is not worth it.
-    pub fn transcribe(&self, samples: &[i16]) -> Result<Transcription, String> {
+    ///
+    /// `candidate` is asked, once Whisper's own decode is done, for another engine's reading
+    /// of the same audio; one with other words than Whisper's is scored on the encoding
+    /// already made (a forced alignment: about a twentieth of a decode).
+    pub fn transcribe(
+        &self,
+        samples: &[i16],
+        candidate: impl FnOnce() -> Option<String>,
+    ) -> Result<Heard, String> {
         let audio: Vec<f32> = samples.iter().map(|&s| f32::from(s) / 32768.0).collect();
         let audio = trim_silence(&audio);
-        let mut options = self.options.clone();
-        options.max_length = max_tokens(audio.len());
-        self.decode(audio, &options)
-    }
-
-    /// One decode of the whole window.
-    fn decode(&self, audio: &[f32], options: &WhisperOptions) -> Result<Transcription, String> {
         let mut features = self.features.features(audio);
         let shape = [1, N_MELS, FRAMES];
         let view = StorageView::new(&shape, &mut features, Device::CPU)
             .map_err(|e| format!("features: {e}"))?;
+        let encoded = self
+            .model
+            .encode(&view, true)
+            .map_err(|e| format!("Whisper failed: {e}"))?;
+        let mut options = self.options.clone();
+        options.max_length = max_tokens(audio.len());
+        let transcription = self.decode(&encoded, &options)?;
+        let candidate = match candidate() {
+            Some(text) if letters(&text) != letters(&transcription.text) => {
+                let frames = (audio.len() / HOP + 1).min(FRAMES);
+                Some(Reading {
+                    avg_logprob: self.score(&encoded, &text, frames)?,
+                    text,
+                })
+            }
+            _ => None,
+        };
+        Ok(Heard {
+            transcription,
+            candidate,
+        })
+    }
+
+    /// Whisper's own words for the encoded window.
+    fn decode(
+        &self,
+        encoded: &StorageView,
+        options: &WhisperOptions,
+    ) -> Result<Transcription, String> {
         // English-only models take no language or task token.
-        // English-only models take no language or task token.
-        let prompt = vec![vec!["<|startoftranscript|>", "<|notimestamps|>"]];
+        let prompt = vec![vec![START_OF_TRANSCRIPT, NO_TIMESTAMPS]];
         let result = self
             .model
-            .generate(&view, &prompt, options)
+            .generate(encoded, &prompt, options)
             .map_err(|e| format!("Whisper failed: {e}"))?
             .into_iter()
             .next()
@@ -380,6 +465,48 @@ impl Whisper {
             avg_logprob: score * n / (n + 1.0),
         })
     }
+
+    /// The average log-probability per token Whisper gives `text` for the encoded window
+    /// whose audio fills its first `frames` feature frames.
+    fn score(&self, encoded: &StorageView, text: &str, frames: usize) -> Result<f32, String> {
+        let written = format!(" {}", written_form(text));
+        let ids: Vec<usize> = std::ops::Deref::deref(&self.tokenizer)
+            .encode(written.as_str(), false)
+            .map_err(|e| format!("Whisper tokens: {e}"))?
+            .get_ids()
+            .iter()
+            .map(|&id| id as usize)
+            .collect();
+        if ids.is_empty() {
+            return Ok(f32::MIN);
+        }
+        let aligned = self
+            .model
+            .align(encoded, &self.start, &[ids], &[frames], MEDIAN_FILTER)
+            .map_err(|e| format!("Whisper alignment failed: {e}"))?;
+        let probs = aligned
+            .first()
+            .map(|a| a.text_token_probs.as_slice())
+            .unwrap_or_default();
+        if probs.is_empty() {
+            return Ok(f32::MIN);
+        }
+        Ok(probs.iter().map(|p| p.max(1e-9).ln()).sum::<f32>() / probs.len() as f32)
+    }
+}
+
+const START_OF_TRANSCRIPT: &str = "<|startoftranscript|>";
+const NO_TIMESTAMPS: &str = "<|notimestamps|>";
+/// The width of the median filter over the attention weights in an alignment (the reference
+/// implementation's).
+const MEDIAN_FILTER: i64 = 7;
+
+/// The letters and digits of a text, lower case: whether two transcripts say the same words.
+pub fn letters(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 /// One utterance to decode, and where its result goes.
@@ -388,8 +515,12 @@ pub struct Job {
     pub samples: Arc<Vec<i16>>,
     /// Set when nobody wants the result any more: the job is skipped if not started.
     pub cancelled: Arc<AtomicBool>,
+    /// Where another engine's reading of the same audio arrives (`None` in it: that engine
+    /// heard nothing), to be scored after Whisper's own decode; waited for at most
+    /// [`CANDIDATE_WAIT`].
+    pub candidate: Option<Receiver<Option<String>>>,
     /// Called on the decoding thread with the result.
-    pub done: Box<dyn FnOnce(Result<Transcription, String>) + Send>,
+    pub done: Box<dyn FnOnce(Result<Heard, String>) + Send>,
 }
 
 /// Why a job was not queued.
@@ -432,7 +563,7 @@ impl DecodeQueue {
                 // One decode of silence warms the caches and allocations before the first
                 // user waits on it.
                 let warm = Instant::now();
-                let _ = model.transcribe(&[0i16; SAMPLE_RATE / 2]);
+                let _ = model.transcribe(&[0i16; SAMPLE_RATE / 2], || None);
                 let _ = ready_tx.send(Ok(warm.elapsed()));
                 for job in rx.iter() {
                     waiting_worker.fetch_sub(1, Ordering::AcqRel);
@@ -440,16 +571,24 @@ impl DecodeQueue {
                         continue;
                     }
                     let started = Instant::now();
-                    let result = model.transcribe(&job.samples);
+                    let candidate = job.candidate;
+                    let result = model.transcribe(&job.samples, move || {
+                        candidate.and_then(|rx| rx.recv_timeout(CANDIDATE_WAIT).ok().flatten())
+                    });
                     crate::telemetry::voice_stage("whisper", started.elapsed().as_secs_f64());
                     // Numbers only: what the user said stays out of the logs.
-                    if let Ok(heard) = &result {
+                    if let Ok(Heard {
+                        transcription: heard,
+                        candidate,
+                    }) = &result
+                    {
                         tracing::debug!(
                             ms = started.elapsed().as_millis() as u64,
                             samples = job.samples.len(),
                             no_speech_prob = heard.no_speech_prob,
                             avg_logprob = heard.avg_logprob,
                             speech = heard.is_speech(),
+                            candidate_logprob = candidate.as_ref().map(|c| c.avg_logprob),
                             "whisper decode"
                         );
                     }
@@ -556,6 +695,18 @@ mod tests {
         assert_eq!(trimmed.len(), SAMPLE_RATE / 2 + 2 * KEEP_SILENCE);
         assert_eq!(trimmed[KEEP_SILENCE], 0.5);
         assert_eq!(trim_silence(&[0.0; 100]).len(), 100);
+    }
+
+    #[test]
+    fn readings_are_scored_as_whisper_writes_them() {
+        assert_eq!(written_form("add eggs to my list"), "Add eggs to my list.");
+        assert_eq!(written_form(" what is on my list "), "What is on my list?");
+        assert_eq!(written_form("Clear my list."), "Clear my list.");
+        assert_eq!(written_form(""), ".");
+        assert_eq!(
+            letters("Add eggs, to my list!"),
+            letters("add eggs to my list")
+        );
     }
 
     #[test]

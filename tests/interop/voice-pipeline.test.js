@@ -57,11 +57,12 @@ const VOICES = [
 
 // Share of phrases understood exactly, over all voices, that the test asks for. The command
 // grammar alone reached 29/30 here, by hearing every utterance as a command (and so acting on
-// speech that was none); Whisper with the grammar checked against it measured 22 to 26 of 30
-// over four runs (CTranslate2's threads do not add up in the same order every time, and a few
-// turns sit on the edge of the no-speech rule), and every miss is a turn answered "did not
-// catch that" or asked back, not a wrong action. The floor leaves room for that spread.
-const MIN_OVERALL_SHARE = 0.65;
+// speech that was none). Whisper, with the grammar's reading taken only where Whisper scores
+// those very words as likely for the audio, measured 29 of 30 in every run (the one miss is
+// espeak-ng's "add buy milk", heard as "and my milk"); before that scoring, 22 to 26. The
+// floor leaves one more turn for CTranslate2's threads, which do not add up in the same order
+// every run, and for the turns that sit on the edge of the no-speech rule.
+const MIN_OVERALL_SHARE = 28 / 30;
 
 let TMP;
 before(async () => {
