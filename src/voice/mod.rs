@@ -7,6 +7,7 @@
 //! Failed PINs back off per client address (in Redis when configured, so the limit survives
 //! reconnects and spans nodes) and per connection.
 
+pub mod answer;
 pub mod assistant;
 pub mod audio;
 pub mod listen;

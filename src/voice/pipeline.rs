@@ -7,12 +7,12 @@
 //! Audio chunks reach it through a bounded inbox (drop-oldest, drops counted) with one wake-up
 //! message per batch, not per chunk. Frames go through the listener on the actor (VAD,
 //! turn-taking and the end-of-turn policy: a pure core, [`super::listen`]), which says when to
-//! ask the end-of-turn model; speech-to-text runs on decoder threads; the assistant answers;
-//! everything sent to the actor is one `Input` message, so a pipeline that moved forwards
-//! it in one place. Speech is
-//! synthesized by a process and streamed back paced near real time. When the user speaks over
-//! the assistant, speech and synthesis are cancelled at once and the client is told to clear
-//! its playback (barge-in). Every stage's cost is reported per turn in a `metrics` event.
+//! ask the end-of-turn model; speech-to-text runs on decoder threads; the assistant answers,
+//! and the answering core ([`super::answer`], pure as well) says which sentence to synthesize,
+//! when speech goes out, and what barge-in stops: the actor only runs the assistant's stream,
+//! the synthesis processes and the pacing timer it asks for. Everything sent to the actor is
+//! one `Input` message, so a pipeline that moved forwards it in one place. Every stage's cost
+//! is reported per turn in a `metrics` event.
 
 use crate::telemetry::{self, VOICE};
 use std::collections::VecDeque;
@@ -29,7 +29,8 @@ use serde_json::json;
 
 use futures_util::StreamExt;
 
-use super::assistant::{AnswerStream, Assistant, AssistantEvent, Line, Role, Said, Sentences};
+use super::answer::{Answering, Do, TICK_MS};
+use super::assistant::{AnswerStream, Assistant, AssistantEvent, Said};
 use super::audio::{AudioFormat, Converter, Frame};
 use super::listen::Listener;
 use super::smart_turn::{TurnDetector, Verdict};
@@ -83,6 +84,11 @@ fn listener(stages: &Stages) -> Listener {
         stages.turn_detector.is_some(),
         stages.stt.hears_at_pauses(),
     )
+}
+
+/// A new pipeline's answering core.
+fn answering(stages: &Stages) -> Answering {
+    Answering::new(HISTORY, stages.lead.as_millis() as u64)
 }
 
 /// Makes a VAD for a new pipeline.
@@ -302,45 +308,6 @@ pub const BUSY_APOLOGY: &str = "Sorry, I am busy with others right now. Please s
 /// Lines of conversation kept for the assistant.
 const HISTORY: usize = 20;
 
-/// The answer being given: text streaming in, sentences being synthesized one by one, speech
-/// being paced out.
-struct Answer {
-    id: u64,
-    task: Option<actix_rt::task::JoinHandle<()>>,
-    text: String,
-    sentences: Sentences,
-    to_speak: VecDeque<String>,
-    synthesizing: Option<SpawnHandle>,
-    text_done: bool,
-    audio: VecDeque<Bytes>,
-    pacing: Option<SpawnHandle>,
-    rate: u32,
-    seq: u64,
-    /// Sentences synthesized so far, with their length in ms.
-    spoken: Vec<(String, u64)>,
-}
-
-/// What the user heard of an answer: whole sentences within `played_ms`, and the same share
-/// of the words of the sentence playing when it stopped.
-fn heard(spoken: &[(String, u64)], played_ms: u64) -> String {
-    let mut left = played_ms;
-    let mut heard = Vec::new();
-    for (sentence, ms) in spoken {
-        if left >= *ms {
-            heard.push(sentence.clone());
-            left -= ms;
-        } else {
-            let words: Vec<&str> = sentence.split_whitespace().collect();
-            let n = (words.len() as u64 * left / (*ms).max(1)) as usize;
-            if n > 0 {
-                heard.push(format!("{}…", words[..n].join(" ")));
-            }
-            break;
-        }
-    }
-    heard.join(" ")
-}
-
 struct AnswerEvent {
     id: u64,
     /// `None` when the answer's stream ended.
@@ -360,10 +327,13 @@ pub struct Pipeline {
     stt: Option<Box<dyn SttStream>>,
     turn: u64,
     times: TurnTimes,
-    answer: Option<Answer>,
-    answers: u64,
-    history: Vec<Line>,
-    played_ms: u64,
+    /// The answer side: what to say, when, and what the conversation keeps.
+    answering: Answering,
+    /// The work the answering core asked for: the assistant's stream, the synthesis of one
+    /// sentence, the pacing timer.
+    stream: Option<actix_rt::task::JoinHandle<()>>,
+    synthesis: Option<SpawnHandle>,
+    pacing: Option<SpawnHandle>,
     busy: Arc<AtomicBool>,
     home: Arc<Home>,
     /// A move asked for and waiting for the turn to end.
@@ -395,10 +365,10 @@ impl Pipeline {
             stt: None,
             turn: 0,
             times: TurnTimes::default(),
-            answer: None,
-            answers: 0,
-            history: Vec::new(),
-            played_ms: 0,
+            answering: answering(&stages),
+            stream: None,
+            synthesis: None,
+            pacing: None,
             busy: Arc::new(AtomicBool::new(false)),
             home: home.clone(),
             relocation: None,
@@ -480,11 +450,8 @@ impl Pipeline {
 
     fn speech_started(&mut self, ctx: &mut Context<Self>) {
         self.emit("vad.speech_started", json!({}));
-        if self.answer.is_some() {
-            let played = self.played_ms;
-            self.stop_answer(ctx, "interrupted");
-            self.emit("playback.clear", json!({ "playedMs": played }));
-        }
+        self.answering.interrupt();
+        self.carry_out(ctx);
         self.turn += 1;
         self.set_busy(true);
         VOICE.turns.increment(1);
@@ -512,37 +479,32 @@ impl Pipeline {
         match self.stt.take() {
             Some(stt) => stt.finish(),
             // Nothing will be transcribed: the turn is over.
-            None => self.set_busy(self.answer.is_some()),
+            None => self.set_busy(self.answering.answering()),
         }
     }
 
     /// Starts answering what the user said.
     fn respond(&mut self, said: Said<'_>, ctx: &mut Context<Self>) {
-        if !said.text.is_empty() {
-            self.remember(Role::User, said.text.to_owned());
-        }
-        let stream = self
-            .stages
-            .assistant
-            .answer(&self.user, &self.history, &said);
-        self.answer_with(stream, ctx);
+        let id = self.answering.start(Some(said.text));
+        let history = self.answering.history();
+        let stream = self.stages.assistant.answer(&self.user, &history, &said);
+        self.answer_with(id, stream, ctx);
     }
 
     /// Says `text` without asking the assistant (the user's words never reached it).
     fn say(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let id = self.answering.start(None);
         let delta = Ok(AssistantEvent::Delta(text.to_owned()));
-        self.answer_with(Box::pin(futures_util::stream::iter([delta])), ctx);
+        self.answer_with(id, Box::pin(futures_util::stream::iter([delta])), ctx);
     }
 
-    /// Starts giving an answer: `stream` is forwarded to this actor, tagged so that a
-    /// cancelled answer's leftovers are ignored.
-    fn answer_with(&mut self, mut stream: AnswerStream, ctx: &mut Context<Self>) {
-        self.stop_answer(ctx, "replaced");
+    /// Runs answer `id`'s `stream`, forwarding its events to this actor tagged with the id,
+    /// once what replacing the answer before it asked for is done.
+    fn answer_with(&mut self, id: u64, mut stream: AnswerStream, ctx: &mut Context<Self>) {
+        self.carry_out(ctx);
         self.set_busy(true);
-        self.answers += 1;
-        let id = self.answers;
         let addr = ctx.address();
-        let task = actix_rt::spawn(async move {
+        self.stream = Some(actix_rt::spawn(async move {
             while let Some(event) = stream.next().await {
                 addr.do_send(Input::Answer(AnswerEvent {
                     id,
@@ -550,45 +512,58 @@ impl Pipeline {
                 }));
             }
             addr.do_send(Input::Answer(AnswerEvent { id, event: None }));
-        });
-        self.played_ms = 0;
-        self.answer = Some(Answer {
-            id,
-            task: Some(task),
-            text: String::new(),
-            sentences: Sentences::default(),
-            to_speak: VecDeque::new(),
-            synthesizing: None,
-            text_done: false,
-            audio: VecDeque::new(),
-            pacing: None,
-            rate: 0,
-            seq: 0,
-            spoken: Vec::new(),
-        });
+        }));
     }
 
-    /// Synthesizes the next sentence, one at a time, in order.
-    fn pump_speech(&mut self, ctx: &mut Context<Self>) {
-        let Some(answer) = &mut self.answer else {
-            return;
-        };
-        if answer.synthesizing.is_some() {
-            return;
-        }
-        let Some(sentence) = answer.to_speak.pop_front() else {
-            return self.maybe_finish(ctx);
-        };
-        let id = answer.id;
-        let synthesis = self
-            .stages
-            .tts
-            .synthesize(&sentence)
-            .into_actor(self)
-            .map(move |result, act, ctx| act.synthesized(id, sentence, result, ctx));
-        let handle = ctx.spawn(synthesis);
-        if let Some(answer) = &mut self.answer {
-            answer.synthesizing = Some(handle);
+    /// Does what the answering core asks, in order.
+    fn carry_out(&mut self, ctx: &mut Context<Self>) {
+        while let Some(action) = self.answering.poll() {
+            match action {
+                Do::Emit(event, data) => self.emit(event, data),
+                Do::Audio {
+                    seq,
+                    sample_rate,
+                    data,
+                } => {
+                    let meta = json!({ "seq": seq, "sampleRate": sample_rate });
+                    let _ = self
+                        .socket
+                        .emit("tts.audio", Payload::new().arg(meta).bin(data));
+                }
+                Do::Synthesize { id, sentence } => {
+                    let synthesis =
+                        self.stages.tts.synthesize(&sentence).into_actor(self).map(
+                            move |result, act, ctx| act.synthesized(id, sentence, result, ctx),
+                        );
+                    self.synthesis = Some(ctx.spawn(synthesis));
+                }
+                Do::StartPacing => {
+                    let every = Duration::from_millis(TICK_MS);
+                    self.pacing = Some(ctx.run_interval(every, |act, ctx| {
+                        act.answering.handle_tick();
+                        act.carry_out(ctx);
+                    }));
+                }
+                Do::StopPacing => {
+                    if let Some(pacing) = self.pacing.take() {
+                        ctx.cancel_future(pacing);
+                    }
+                }
+                Do::Cancel => {
+                    if let Some(stream) = self.stream.take() {
+                        stream.abort();
+                    }
+                    for handle in [self.pacing.take(), self.synthesis.take()]
+                        .into_iter()
+                        .flatten()
+                    {
+                        ctx.cancel_future(handle);
+                    }
+                }
+                Do::Replied => self.times.replied = Some(Instant::now()),
+                Do::FirstAudio => self.metrics(Instant::now()),
+                Do::Finished => self.set_busy(false),
+            }
         }
     }
 
@@ -599,100 +574,10 @@ impl Pipeline {
         result: Result<Speech, String>,
         ctx: &mut Context<Self>,
     ) {
-        let Some(answer) = self.answer.as_mut().filter(|a| a.id == id) else {
-            return;
-        };
-        answer.synthesizing = None;
-        match result {
-            Ok(speech) => {
-                let rate = speech.sample_rate.max(1);
-                let chunk = (rate as usize / 10).max(1);
-                answer.rate = rate;
-                answer.spoken.push((
-                    sentence,
-                    speech.samples.len() as u64 * 1000 / u64::from(rate),
-                ));
-                answer.audio.extend(speech.samples.chunks(chunk).map(|c| {
-                    Bytes::from(c.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>())
-                }));
-                if answer.pacing.is_none() {
-                    self.emit("tts.started", json!({ "sampleRate": rate }));
-                    self.metrics(Instant::now());
-                    let ahead = (self.stages.lead.as_millis() / 100) as usize + 1;
-                    self.send_audio(ahead);
-                    let pacing = ctx.run_interval(Duration::from_millis(100), |act, ctx| {
-                        act.send_audio(1);
-                        act.maybe_finish(ctx);
-                    });
-                    if let Some(answer) = &mut self.answer {
-                        answer.pacing = Some(pacing);
-                    }
-                }
-            }
-            Err(message) => self.emit("error", json!({"code": "tts_failed", "message": message})),
-        }
-        self.pump_speech(ctx);
-    }
-
-    fn send_audio(&mut self, n: usize) {
-        let Some(answer) = &mut self.answer else {
-            return;
-        };
-        for _ in 0..n {
-            let Some(data) = answer.audio.pop_front() else {
-                return;
-            };
-            answer.seq += 1;
-            let meta = json!({ "seq": answer.seq, "sampleRate": answer.rate });
-            let _ = self
-                .socket
-                .emit("tts.audio", Payload::new().arg(meta).bin(data));
-        }
-    }
-
-    /// Ends the answer once its text is complete and all its speech has been sent.
-    fn maybe_finish(&mut self, ctx: &mut Context<Self>) {
-        let finished = self.answer.as_ref().is_some_and(|a| {
-            a.text_done && a.to_speak.is_empty() && a.synthesizing.is_none() && a.audio.is_empty()
-        });
-        if !finished {
-            return;
-        }
-        if let Some(answer) = self.answer.take() {
-            if let Some(pacing) = answer.pacing {
-                ctx.cancel_future(pacing);
-                self.emit("tts.stopped", json!({ "reason": "done" }));
-            }
-            self.remember(Role::Assistant, answer.text);
-        }
-        self.set_busy(false);
-    }
-
-    /// Cancels the answer in progress; the history keeps only what the client played of it.
-    fn stop_answer(&mut self, ctx: &mut Context<Self>, reason: &str) {
-        let Some(answer) = self.answer.take() else {
-            return;
-        };
-        if let Some(task) = answer.task {
-            task.abort();
-        }
-        for handle in [answer.pacing, answer.synthesizing].into_iter().flatten() {
-            ctx.cancel_future(handle);
-        }
-        if answer.pacing.is_some() {
-            self.emit("tts.stopped", json!({ "reason": reason }));
-        }
-        let heard = heard(&answer.spoken, self.played_ms);
-        if !heard.is_empty() {
-            self.remember(Role::Assistant, heard);
-        }
-    }
-
-    fn remember(&mut self, role: Role, text: String) {
-        if self.history.len() >= HISTORY {
-            self.history.remove(0);
-        }
-        self.history.push(Line { role, text });
+        // Only the synthesis in progress completes: a cancelled one never does.
+        self.synthesis = None;
+        self.answering.handle_speech(id, sentence, result);
+        self.carry_out(ctx);
     }
 
     fn metrics(&self, first_audio: Instant) {
@@ -739,8 +624,8 @@ impl Actor for Pipeline {
         if let Some(stt) = self.stt.take() {
             stt.cancel();
         }
-        if let Some(task) = self.answer.take().and_then(|a| a.task) {
-            task.abort();
+        if let Some(stream) = self.stream.take() {
+            stream.abort();
         }
     }
 }
@@ -806,7 +691,7 @@ impl Pipeline {
     /// Between turns nothing is in flight on this actor's context (no decoder stream whose
     /// sink names this actor, no answer being streamed, synthesized or paced).
     fn between_turns(&self) -> bool {
-        self.stt.is_none() && self.answer.is_none() && !self.busy.load(Ordering::Acquire)
+        self.stt.is_none() && !self.answering.answering() && !self.busy.load(Ordering::Acquire)
     }
 
     /// Moves, if a move is wanted and this is a moment between turns: the state goes whole to
@@ -833,10 +718,11 @@ impl Pipeline {
             stt: None,
             turn: self.turn,
             times: self.times,
-            answer: None,
-            answers: self.answers,
-            history: std::mem::take(&mut self.history),
-            played_ms: self.played_ms,
+            // Between turns the core holds only the conversation: it moves whole.
+            answering: std::mem::replace(&mut self.answering, answering(&stages)),
+            stream: None,
+            synthesis: None,
+            pacing: None,
             busy: self.busy.clone(),
             home: self.home.clone(),
             relocation: None,
@@ -871,7 +757,7 @@ impl Pipeline {
                     self.speech_stopped();
                 }
             }
-            Control::Played(ms) => self.played_ms = ms,
+            Control::Played(ms) => self.answering.handle_played(ms),
             Control::Text(text) => {
                 self.times = TurnTimes {
                     final_at: Some(Instant::now()),
@@ -886,44 +772,8 @@ impl Pipeline {
 
 impl Pipeline {
     fn on_answer(&mut self, msg: AnswerEvent, ctx: &mut Context<Self>) {
-        let Some(answer) = self.answer.as_mut().filter(|a| a.id == msg.id) else {
-            return;
-        };
-        match msg.event {
-            Some(Ok(AssistantEvent::Delta(delta))) => {
-                if answer.text.is_empty() {
-                    self.times.replied = Some(Instant::now());
-                }
-                answer.text.push_str(&delta);
-                let sentences = answer.sentences.push(&delta);
-                answer.to_speak.extend(sentences);
-                self.emit("assistant.text.delta", json!({ "text": delta }));
-                self.pump_speech(ctx);
-            }
-            Some(Ok(AssistantEvent::Todos(items))) => self.emit("todos", json!({ "items": items })),
-            Some(Err(message)) => {
-                answer.task = None;
-                answer.text_done = true;
-                if let Some(rest) = answer.sentences.finish() {
-                    answer.to_speak.push_back(rest);
-                }
-                self.emit(
-                    "error",
-                    json!({"code": "assistant_failed", "message": message}),
-                );
-                self.pump_speech(ctx);
-            }
-            None => {
-                answer.task = None;
-                answer.text_done = true;
-                if let Some(rest) = answer.sentences.finish() {
-                    answer.to_speak.push_back(rest);
-                }
-                let text = answer.text.clone();
-                self.emit("assistant.text.done", json!({ "text": text }));
-                self.pump_speech(ctx);
-            }
-        }
+        self.answering.handle_event(msg.id, msg.event);
+        self.carry_out(ctx);
     }
 }
 
@@ -966,7 +816,7 @@ impl Pipeline {
             }
             SttEvent::Failed(message) => {
                 self.emit("error", json!({"code": "stt_failed", "message": message}));
-                self.set_busy(self.answer.is_some());
+                self.set_busy(self.answering.answering());
             }
             SttEvent::Busy => {
                 telemetry::stt_busy();
