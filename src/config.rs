@@ -225,6 +225,10 @@ pub struct ServerArgs {
     /// Confidence (0 to 1) below which the assistant asks before removing or clearing.
     #[arg(long, env = "VOXIO_CONFIRM_BELOW", default_value_t = 0.6)]
     pub confirm_below: f32,
+    /// Seconds a user's to-do list is kept in Redis after its last change (with
+    /// `VOXIO_REDIS_URL`; without it, lists live as long as the process).
+    #[arg(long, env = "VOXIO_TODO_TTL_S", default_value_t = 30 * 24 * 3600)]
+    pub todo_ttl_s: u64,
     /// Voiced milliseconds in a row that confirm speech.
     #[arg(long, env = "VOXIO_TURN_CONFIRM_MS", default_value_t = 200)]
     pub turn_confirm_ms: u64,

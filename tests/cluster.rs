@@ -137,3 +137,104 @@ async fn broadcasts_cross_nodes_survive_a_redis_outage_and_dead_nodes_are_forgot
     actix_rt::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(cluster_a.nodes(), 1, "B stays forgotten");
 }
+
+/// Two nodes' assistants share one user's to-do list through Redis: what one node adds the
+/// other reads, changes made on both nodes at the same moment all land (the store's
+/// compare-and-set tries again on the fresh list), a question asked on one node is answered on
+/// the other, the list expires after its TTL, and with Redis gone a turn is told so.
+#[actix_rt::test]
+async fn to_do_lists_live_in_redis_across_nodes() {
+    use std::sync::Arc;
+    use voxio::voice::assistant::{Assistant as _, Reply, Said, TodoAssistant, UNREACHABLE};
+    use voxio::voice::todos::RedisTodos;
+
+    let mut redis = Redis::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection = client.get_connection_manager().await.unwrap();
+    let node = || {
+        TodoAssistant::with_store(
+            0.6,
+            Arc::new(RedisTodos {
+                connection: connection.clone(),
+                timeout: Duration::from_millis(500),
+                ttl: Duration::from_secs(60),
+            }),
+        )
+    };
+    let (a, b) = (node(), node());
+    async fn say(node: &TodoAssistant, text: &str, confidence: f32) -> Reply {
+        node.reply("ann", &Said { text, confidence }).await
+    }
+
+    assert_eq!(
+        say(&a, "add milk to my list", 1.0).await.text,
+        "Added milk to your list."
+    );
+    assert_eq!(
+        say(&b, "what is on my list", 1.0).await.text,
+        "Your list has milk."
+    );
+
+    // 40 adds at once, half on each node.
+    const ITEMS: [&str; 40] = [
+        "i0", "i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8", "i9", "j0", "j1", "j2", "j3", "j4",
+        "j5", "j6", "j7", "j8", "j9", "k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9",
+        "l0", "l1", "l2", "l3", "l4", "l5", "l6", "l7", "l8", "l9",
+    ];
+    let texts: Vec<String> = ITEMS
+        .iter()
+        .map(|i| format!("add {i} to my list"))
+        .collect();
+    let started = Instant::now();
+    let replies = futures_util::future::join_all(texts.iter().enumerate().map(|(k, text)| {
+        let node = if k % 2 == 0 { &a } else { &b };
+        async move { node.reply("ann", &Said::certain(text)).await }
+    }))
+    .await;
+    let items = replies
+        .iter()
+        .filter_map(|r| r.todos.as_ref())
+        .max_by_key(|t| t.len())
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "40 adds at once on two nodes: {} answered, list of {} after them, in {:?}",
+        replies.iter().filter(|r| r.todos.is_some()).count(),
+        items.len(),
+        started.elapsed()
+    );
+    let listed = a.todos("ann").unwrap().await;
+    assert_eq!(listed.len(), 41, "every add landed: {listed:?}");
+    for item in ITEMS {
+        assert!(listed.iter().any(|x| x == item), "{item} landed");
+    }
+
+    // Asked on one node, answered on the other.
+    assert_eq!(
+        say(&a, "clear my list", 0.3).await.text,
+        "Did you say clear your list? Say yes or no."
+    );
+    assert_eq!(say(&b, "yes", 1.0).await.text, "Your list is now empty.");
+    assert_eq!(b.todos("ann").unwrap().await, Vec::<String>::new());
+
+    // The list expires after its TTL.
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("voxio:todos:ann")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 50_000 && ttl <= 60_000, "PTTL {ttl}");
+
+    // Redis gone: the turn is told so, within the store's timeout, and nothing panics.
+    redis.stop();
+    let started = Instant::now();
+    let reply = say(&b, "add bread to my list", 1.0).await;
+    assert_eq!(reply.text, UNREACHABLE);
+    assert_eq!(reply.todos, None);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -4,15 +4,19 @@
 //! clear. It understands commands from the *text* of a transcript, so "add <any words> to my
 //! list" adds those words, and anything that is not a command changes nothing: it gets a short
 //! answer saying what the assistant can do. A removal or a clearing heard with low confidence
-//! is asked back ("Did you say ...? Say yes or no.") before it is carried out.
+//! is asked back ("Did you say ...? Say yes or no.") before it is carried out. The lists live
+//! in a [`TodoStore`]: this process's memory, or Redis (so a list outlives its node).
 //! For the classic pocketsphinx fallback it also hands speech-to-text the JSGF grammar of its
 //! commands.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use futures_util::Stream;
+use futures_util::future::BoxFuture;
+use futures_util::{Stream, StreamExt};
+
+use super::todos::{MemoryTodos, Pending, TodoState, TodoStore};
 
 /// The assistant's answer to one turn.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +81,7 @@ pub trait Assistant: Send + Sync {
     /// Answers what `user` said, after the conversation `history`.
     fn answer(&self, user: &str, history: &[Line], said: &Said<'_>) -> AnswerStream;
     /// The user's list, when the assistant keeps one.
-    fn todos(&self, user: &str) -> Option<Vec<String>>;
+    fn todos(&self, user: &str) -> Option<BoxFuture<'static, Vec<String>>>;
 }
 
 /// Everyday words the grammar accepts as list items (kept to those in the decoder's
@@ -174,20 +178,21 @@ pub const ITEM_WORDS: &[&str] = &[
 
 /// The built-in to-do assistant.
 pub struct TodoAssistant {
-    users: Mutex<HashMap<String, UserState>>,
-    /// Most items per list, and users kept.
+    store: Arc<dyn TodoStore>,
+    rules: Rules,
+}
+
+/// How the assistant changes a list.
+#[derive(Debug, Clone, Copy)]
+struct Rules {
+    /// Most items per list.
     max_items: usize,
-    max_users: usize,
     /// Below this confidence a transcript that would remove or clear asks first.
     confirm_below: f32,
 }
 
-/// One user's list, and a change waiting for their yes.
-#[derive(Debug, Default)]
-struct UserState {
-    items: Vec<String>,
-    pending: Option<Command>,
-}
+/// Users whose lists the in-process store keeps.
+const MEMORY_USERS: usize = 10_000;
 
 impl Default for TodoAssistant {
     fn default() -> Self {
@@ -408,73 +413,95 @@ pub const CAPABILITIES: &str =
     "I keep your list. Say add, then what to add, to my list; what is on my list; remove, then \
      the item; or clear my list.";
 
+/// What the assistant says when the store of lists does not answer.
+pub const UNREACHABLE: &str = "Sorry, I cannot reach your list right now. Please try again.";
+
 impl Assistant for TodoAssistant {
     fn answer(&self, user: &str, _history: &[Line], said: &Said<'_>) -> AnswerStream {
-        let reply = self.reply(user, said);
-        let mut events = vec![Ok(AssistantEvent::Delta(reply.text))];
-        if let Some(items) = reply.todos {
-            events.push(Ok(AssistantEvent::Todos(items)));
-        }
-        Box::pin(futures_util::stream::iter(events))
+        let (store, rules) = (self.store.clone(), self.rules);
+        let (user, text, confidence) = (user.to_owned(), said.text.to_owned(), said.confidence);
+        let reply = async move { reply(store.as_ref(), rules, &user, &text, confidence).await };
+        Box::pin(futures_util::stream::once(reply).flat_map(|reply| {
+            let mut events = vec![Ok(AssistantEvent::Delta(reply.text))];
+            if let Some(items) = reply.todos {
+                events.push(Ok(AssistantEvent::Todos(items)));
+            }
+            futures_util::stream::iter(events)
+        }))
     }
 
-    fn todos(&self, user: &str) -> Option<Vec<String>> {
-        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        Some(users.get(user).map(|u| u.items.clone()).unwrap_or_default())
+    fn todos(&self, user: &str) -> Option<BoxFuture<'static, Vec<String>>> {
+        let (store, user) = (self.store.clone(), user.to_owned());
+        Some(Box::pin(async move {
+            store.items(&user).await.unwrap_or_default()
+        }))
     }
 }
 
-impl TodoAssistant {
-    /// An assistant that asks before removing or clearing on a transcript less sure than
-    /// `confirm_below` (0 to 1).
-    pub fn new(confirm_below: f32) -> TodoAssistant {
-        TodoAssistant {
-            users: Mutex::new(HashMap::new()),
-            max_items: 100,
-            max_users: 10_000,
-            confirm_below,
-        }
+/// Answers one turn: only a command changes the list; a removal or a clearing heard with low
+/// confidence waits for a yes. The change is applied by the store, atomically.
+async fn reply(
+    store: &dyn TodoStore,
+    rules: Rules,
+    user: &str,
+    text: &str,
+    confidence: f32,
+) -> Reply {
+    let intent = parse(text);
+    let change = |state: &mut TodoState| rules.decide(state, &intent, text, confidence);
+    match store.update(user, &change).await {
+        Ok((text, items)) => Reply {
+            text,
+            todos: Some(items),
+        },
+        Err(_) => Reply {
+            text: UNREACHABLE.to_owned(),
+            todos: None,
+        },
     }
+}
 
-    /// Answers one turn at once. Only a command changes the list; a removal or a clearing
-    /// heard with low confidence waits for a yes.
-    pub fn reply(&self, user: &str, said: &Said<'_>) -> Reply {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        if !users.contains_key(user) && users.len() >= self.max_users {
-            if let Some(evict) = users.keys().next().cloned() {
-                users.remove(&evict);
-            }
-        }
-        let state = users.entry(user.to_owned()).or_default();
+impl Rules {
+    /// What the turn does to `state`, and what to say about it.
+    fn decide(self, state: &mut TodoState, intent: &Intent, text: &str, confidence: f32) -> String {
         let pending = state.pending.take();
-        let text = match (parse(said.text), pending) {
-            (Intent::Yes, Some(command)) => self.carry_out(&mut state.items, command),
+        match (intent, pending) {
+            (Intent::Yes, Some(pending)) => {
+                let command = match pending {
+                    Pending::Remove(item) => Command::Remove(item),
+                    Pending::Clear => Command::Clear,
+                };
+                self.carry_out(&mut state.items, command)
+            }
             (Intent::No, Some(_)) => "Okay, I left your list as it is.".to_owned(),
             (Intent::Command(command), _) => {
-                let destructive = matches!(command, Command::Remove(_) | Command::Clear);
-                if destructive && said.confidence < self.confirm_below {
-                    let question = match &command {
-                        Command::Remove(item) => {
-                            format!("Did you say remove {item}? Say yes or no.")
-                        }
-                        _ => "Did you say clear your list? Say yes or no.".to_owned(),
-                    };
-                    state.pending = Some(command);
-                    question
-                } else {
-                    self.carry_out(&mut state.items, command)
+                let ask = match command {
+                    Command::Remove(item) => Some(Pending::Remove(item.clone())),
+                    Command::Clear => Some(Pending::Clear),
+                    _ => None,
+                };
+                match ask {
+                    Some(pending) if confidence < self.confirm_below => {
+                        let question = match &pending {
+                            Pending::Remove(item) => {
+                                format!("Did you say remove {item}? Say yes or no.")
+                            }
+                            Pending::Clear => {
+                                "Did you say clear your list? Say yes or no.".to_owned()
+                            }
+                        };
+                        state.pending = Some(pending);
+                        question
+                    }
+                    _ => self.carry_out(&mut state.items, command.clone()),
                 }
             }
-            _ if said.text.trim().is_empty() => NOT_HEARD.to_owned(),
+            _ if text.trim().is_empty() => NOT_HEARD.to_owned(),
             _ => CAPABILITIES.to_owned(),
-        };
-        Reply {
-            text,
-            todos: Some(state.items.clone()),
         }
     }
 
-    fn carry_out(&self, list: &mut Vec<String>, command: Command) -> String {
+    fn carry_out(self, list: &mut Vec<String>, command: Command) -> String {
         match command {
             Command::Add(item) => {
                 if list.len() >= self.max_items {
@@ -495,6 +522,37 @@ impl TodoAssistant {
                 "Your list is now empty.".to_owned()
             }
         }
+    }
+}
+
+impl TodoAssistant {
+    /// An assistant with its lists in this process, that asks before removing or clearing on
+    /// a transcript less sure than `confirm_below` (0 to 1).
+    pub fn new(confirm_below: f32) -> TodoAssistant {
+        TodoAssistant::with_store(confirm_below, Arc::new(MemoryTodos::new(MEMORY_USERS)))
+    }
+
+    /// The same, with its lists in `store`.
+    pub fn with_store(confirm_below: f32, store: Arc<dyn TodoStore>) -> TodoAssistant {
+        TodoAssistant {
+            store,
+            rules: Rules {
+                max_items: 100,
+                confirm_below,
+            },
+        }
+    }
+
+    /// Answers one turn (what [`Assistant::answer`] streams).
+    pub async fn reply(&self, user: &str, said: &Said<'_>) -> Reply {
+        reply(
+            self.store.as_ref(),
+            self.rules,
+            user,
+            said.text,
+            said.confidence,
+        )
+        .await
     }
 
     /// The JSGF grammar of the commands, with items made of `known` words only.
@@ -564,35 +622,45 @@ impl Sentences {
 mod tests {
     use super::*;
 
-    fn say(a: &TodoAssistant, text: &str) -> String {
-        a.reply("u", &Said::certain(text)).text
+    async fn say(a: &TodoAssistant, text: &str) -> String {
+        a.reply("u", &Said::certain(text)).await.text
     }
 
-    #[test]
-    fn todo_commands() {
+    async fn todos(a: &TodoAssistant, user: &str) -> Vec<String> {
+        a.todos(user).expect("a list").await
+    }
+
+    #[actix_rt::test]
+    async fn todo_commands() {
         let a = TodoAssistant::default();
         assert_eq!(
-            say(&a, "Add buy milk to my list."),
+            say(&a, "Add buy milk to my list.").await,
             "Added buy milk to your list."
         );
-        assert_eq!(say(&a, "put bread on my list"), "Added bread to your list.");
         assert_eq!(
-            say(&a, "What's on my list?"),
+            say(&a, "put bread on my list").await,
+            "Added bread to your list."
+        );
+        assert_eq!(
+            say(&a, "What's on my list?").await,
             "Your list has buy milk, and bread."
         );
-        assert_eq!(say(&a, "Remove milk."), "Removed buy milk from your list.");
-        assert_eq!(say(&a, "remove eggs"), "eggs is not on your list.");
-        assert_eq!(a.todos("u"), Some(vec!["bread".to_owned()]));
         assert_eq!(
-            a.reply("other", &Said::certain("read my list")).text,
+            say(&a, "Remove milk.").await,
+            "Removed buy milk from your list."
+        );
+        assert_eq!(say(&a, "remove eggs").await, "eggs is not on your list.");
+        assert_eq!(todos(&a, "u").await, vec!["bread".to_owned()]);
+        assert_eq!(
+            a.reply("other", &Said::certain("read my list")).await.text,
             "Your list is empty."
         );
-        assert_eq!(say(&a, "Clear my list."), "Your list is now empty.");
-        assert_eq!(say(&a, "hello there"), CAPABILITIES);
+        assert_eq!(say(&a, "Clear my list.").await, "Your list is now empty.");
+        assert_eq!(say(&a, "hello there").await, CAPABILITIES);
     }
 
-    #[test]
-    fn free_form_items_land_word_for_word() {
+    #[actix_rt::test]
+    async fn free_form_items_land_word_for_word() {
         let a = TodoAssistant::default();
         for (said, item) in [
             (
@@ -606,36 +674,36 @@ mod tests {
             ("add pick up the dry cleaning", "pick up the dry cleaning"),
             ("Put oat milk on the shopping list, please.", "oat milk"),
         ] {
-            assert_eq!(say(&a, said), format!("Added {item} to your list."));
+            assert_eq!(say(&a, said).await, format!("Added {item} to your list."));
         }
         // "add" heard as a word that sounds like it, with "to my list" after it.
         assert_eq!(
-            say(&a, "I'd pick up the dry cleaning to my list."),
+            say(&a, "I'd pick up the dry cleaning to my list.").await,
             "Added pick up the dry cleaning to your list."
         );
         assert_eq!(
-            say(&a, "at all the plumber about the sink to my list."),
+            say(&a, "at all the plumber about the sink to my list.").await,
             "Added all the plumber about the sink to your list."
         );
-        assert_eq!(say(&a, "And then we went home."), CAPABILITIES);
+        assert_eq!(say(&a, "And then we went home.").await, CAPABILITIES);
         assert_eq!(
-            say(&a, "And add tea to my list."),
+            say(&a, "And add tea to my list.").await,
             "Added tea to your list."
         );
         assert_eq!(
-            say(&a, "Take oat milk off my list."),
+            say(&a, "Take oat milk off my list.").await,
             "Removed oat milk from your list."
         );
         assert_eq!(
-            say(&a, "Remove the plumber from my list."),
+            say(&a, "Remove the plumber from my list.").await,
             "Removed call the plumber about the sink from your list."
         );
     }
 
-    #[test]
-    fn what_is_not_a_command_changes_nothing() {
+    #[actix_rt::test]
+    async fn what_is_not_a_command_changes_nothing() {
         let a = TodoAssistant::default();
-        say(&a, "add milk to my list");
+        say(&a, "add milk to my list").await;
         for said in [
             "The train to the airport leaves every twenty minutes.",
             "Please turn the music down a little.",
@@ -648,45 +716,49 @@ mod tests {
             "My list of reasons is long.",
             "Yes.",
         ] {
-            assert_eq!(say(&a, said), CAPABILITIES, "{said}");
+            assert_eq!(say(&a, said).await, CAPABILITIES, "{said}");
         }
-        assert_eq!(a.todos("u"), Some(vec!["milk".to_owned()]));
+        assert_eq!(todos(&a, "u").await, vec!["milk".to_owned()]);
     }
 
-    #[test]
-    fn uncertain_removals_and_clears_ask_first() {
+    #[actix_rt::test]
+    async fn uncertain_removals_and_clears_ask_first() {
         let a = TodoAssistant::new(0.6);
-        say(&a, "add milk to my list");
-        say(&a, "add eggs to my list");
+        say(&a, "add milk to my list").await;
+        say(&a, "add eggs to my list").await;
         let unsure = |text| {
-            a.reply(
-                "u",
-                &Said {
-                    text,
-                    confidence: 0.4,
-                },
-            )
-            .text
+            let a = &a;
+            async move {
+                a.reply(
+                    "u",
+                    &Said {
+                        text,
+                        confidence: 0.4,
+                    },
+                )
+                .await
+                .text
+            }
         };
         assert_eq!(
-            unsure("clear my list"),
+            unsure("clear my list").await,
             "Did you say clear your list? Say yes or no."
         );
-        assert_eq!(say(&a, "no"), "Okay, I left your list as it is.");
-        assert_eq!(a.todos("u").unwrap().len(), 2);
+        assert_eq!(say(&a, "no").await, "Okay, I left your list as it is.");
+        assert_eq!(todos(&a, "u").await.len(), 2);
         assert_eq!(
-            unsure("remove milk"),
+            unsure("remove milk").await,
             "Did you say remove milk? Say yes or no."
         );
-        assert_eq!(say(&a, "Yes."), "Removed milk from your list.");
+        assert_eq!(say(&a, "Yes.").await, "Removed milk from your list.");
         // A question left unanswered is dropped by the next command.
         assert_eq!(
-            unsure("clear my list"),
+            unsure("clear my list").await,
             "Did you say clear your list? Say yes or no."
         );
-        assert_eq!(say(&a, "what is on my list"), "Your list has eggs.");
-        assert_eq!(say(&a, "yes"), CAPABILITIES);
-        assert_eq!(a.todos("u"), Some(vec!["eggs".to_owned()]));
+        assert_eq!(say(&a, "what is on my list").await, "Your list has eggs.");
+        assert_eq!(say(&a, "yes").await, CAPABILITIES);
+        assert_eq!(todos(&a, "u").await, vec!["eggs".to_owned()]);
         // Adding is never asked back: it is undone by saying so.
         assert_eq!(
             a.reply(
@@ -696,6 +768,7 @@ mod tests {
                     confidence: 0.2
                 }
             )
+            .await
             .text,
             "Added tea to your list."
         );

@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod silero;
 pub mod smart_turn;
 pub mod stt;
+pub mod todos;
 pub mod tts;
 pub mod turn;
 pub mod whisper;
@@ -218,7 +219,13 @@ fn on_authenticated(voice: &Voice, socket: &Socket, who: &Authenticated) {
         voice.pipelines.insert(socket, handle.clone());
         socket.extensions().insert(handle);
         if let Some(items) = stages.assistant.todos(&user) {
-            let _ = socket.emit("todos", json!({ "items": items }));
+            // The list may live in Redis: the socket is ready once it has it.
+            let socket = socket.clone();
+            actix_rt::spawn(async move {
+                let _ = socket.emit("todos", json!({ "items": items.await }));
+                let _ = socket.emit("session.ready", json!({ "pipeline": true }));
+            });
+            return;
         }
     }
     let _ = socket.emit(

@@ -209,7 +209,7 @@ impl Assistant for RemoteAssistant {
         Box::pin(stream)
     }
 
-    fn todos(&self, _user: &str) -> Option<Vec<String>> {
+    fn todos(&self, _user: &str) -> Option<futures_util::future::BoxFuture<'static, Vec<String>>> {
         None
     }
 }

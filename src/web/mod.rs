@@ -147,7 +147,7 @@ impl Voxio {
         };
         let stages = match args.pipeline.as_str() {
             "none" => None,
-            "default" => Some(Arc::new(stages(args)?)),
+            "default" => Some(Arc::new(stages(args, redis_ping.as_ref())?)),
             other => anyhow::bail!("VOXIO_PIPELINE must be default or none, not {other:?}"),
         };
         let proxies =
@@ -333,7 +333,12 @@ pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
 }
 
 /// The voice pipeline's stages from the settings (warms the speech-to-text decoders).
-fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
+/// The voice pipeline's stages; the assistant keeps its lists in Redis when `redis` is given
+/// (the shared connection and its command timeout).
+fn stages(
+    args: &ServerArgs,
+    redis: Option<&(redis::aio::ConnectionManager, Duration)>,
+) -> anyhow::Result<voice::pipeline::Stages> {
     use voice::assistant::{Assistant, TodoAssistant};
     use voice::openai::{OpenAi, RemoteAssistant, RemoteStt, RemoteTts};
     use voice::stt::{GrammarQueue, SpeechToText, SphinxModel, SphinxPool, SphinxRole, WhisperStt};
@@ -412,7 +417,20 @@ fn stages(args: &ServerArgs) -> anyhow::Result<voice::pipeline::Stages> {
         other => anyhow::bail!("VOXIO_STT must be builtin or openai, not {other:?}"),
     };
     let assistant: Arc<dyn Assistant> = match args.assistant.as_str() {
-        "builtin" => Arc::new(TodoAssistant::new(args.confirm_below)),
+        "builtin" => match redis {
+            Some((connection, timeout)) => {
+                let store = voice::todos::RedisTodos {
+                    connection: connection.clone(),
+                    timeout: *timeout,
+                    ttl: Duration::from_secs(args.todo_ttl_s),
+                };
+                Arc::new(TodoAssistant::with_store(
+                    args.confirm_below,
+                    Arc::new(store),
+                ))
+            }
+            None => Arc::new(TodoAssistant::new(args.confirm_below)),
+        },
         "openai" => Arc::new(RemoteAssistant {
             api: api.clone(),
             model: args.openai_chat_model.clone(),

@@ -9,7 +9,10 @@
 //      other node, authenticate again and go on streaming; the surviving node forgets the
 //      dead one;
 //   4. behind nginx (a trusted proxy), wrong PINs back off the client's own address only, not
-//      every client behind the proxy.
+//      every client behind the proxy;
+//   5. a to-do list outlives its node: added on one node, that node killed, the client back
+//      through nginx on the other node finds its list there (two more nodes, with the voice
+//      pipeline).
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
@@ -242,6 +245,74 @@ describe("voxio cluster: Redis adapter, nginx, node loss", { timeout: 90_000 }, 
       await good.rec.next("authenticated");
     } finally {
       good.socket.disconnect();
+    }
+  });
+});
+
+describe("a to-do list outlives its node", { timeout: 120_000 }, () => {
+  let pair = [];
+  let front;
+  before(async () => {
+    const env = {
+      VOXIO_REDIS_URL: redis.url,
+      VOXIO_SECRET: SECRET,
+      VOXIO_CLUSTER_HEARTBEAT_MS: "200",
+      VOXIO_CLUSTER_NODE_TIMEOUT_MS: "1000",
+      VOXIO_TRUSTED_PROXIES: "127.0.0.1",
+    };
+    pair = [await startVoxioServer({ env }), await startVoxioServer({ env })];
+    front = await startNginx(pair.map((n) => n.port));
+  });
+  after(async () => {
+    for (const node of pair) await node.stop();
+    if (front) await front.stop();
+  });
+
+  /** Waits for the reply to typed `text` (assistant.text.done) and the list after it. */
+  async function typed(socket, rec, text) {
+    socket.emit("text", { text });
+    const [{ text: reply }] = await rec.next("assistant.text.done", 10_000);
+    const [{ items }] = await rec.next("todos", 10_000);
+    return { reply, items };
+  }
+
+  test("added on one node, that node killed: the other node has the list", { timeout: 60_000 }, async () => {
+    const { socket, rec } = connect(front.url, {
+      auth: { pin: pair[0].pin },
+      transports: ["websocket"],
+      reconnectionDelay: 100,
+      reconnectionDelayMax: 500,
+      randomizationFactor: 0,
+    });
+    try {
+      await rec.next("connect", 10_000);
+      const [{ items: fresh }] = await rec.next("todos", 10_000);
+      assert.deepEqual(fresh, [], "a fresh list");
+      await rec.next("session.ready", 10_000);
+      const first = await typed(socket, rec, "add coffee to my list");
+      assert.equal(first.reply, "Added coffee to your list.");
+      assert.deepEqual(first.items, ["coffee"]);
+
+      let holder = -1;
+      for (const [k, node] of pair.entries()) {
+        const m = await scrapeMetrics(node.httpUrl);
+        if ((m.get('voxio_engine_sessions{transport="websocket"}') ?? 0) === 1) holder = k;
+      }
+      assert.ok(holder >= 0, "one node holds the socket");
+      const gone = await pair[holder].kill("SIGKILL");
+      assert.equal(gone.signal, "SIGKILL");
+      // Back through nginx on the other node: authenticated by its CONNECT again, and the
+      // list it is sent on connection is the one the dead node changed.
+      await rec.next("disconnect", 10_000);
+      await rec.next("connect", 20_000);
+      const [{ items }] = await rec.next("todos", 20_000);
+      await rec.next("session.ready", 10_000);
+      assert.deepEqual(items, ["coffee"], "the list on the other node");
+      const after = await typed(socket, rec, "what is on my list");
+      assert.equal(after.reply, "Your list has coffee.");
+      console.log(`# list added on node ${holder}, read back on node ${1 - holder} after a SIGKILL: ${JSON.stringify(after.items)}`);
+    } finally {
+      socket.disconnect();
     }
   });
 });
