@@ -25,7 +25,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Measures the voice pipeline on real speech: starts a server, streams spoken commands at
-    /// real-time pace, prints the latency percentiles and the CPU cost per audio second.
+    /// real-time pace, prints the latency percentiles and the CPU cost per audio second
+    /// (built with `--features bench`).
+    #[cfg(feature = "bench")]
     BenchVoice {
         /// Turns each talker takes (commands and everyday sentences, alternating).
         #[arg(long, default_value_t = 20)]
@@ -229,6 +231,11 @@ pub struct ServerArgs {
     /// `VOXIO_REDIS_URL`; without it, lists live as long as the process).
     #[arg(long, env = "VOXIO_TODO_TTL_S", default_value_t = 30 * 24 * 3600)]
     pub todo_ttl_s: u64,
+    /// Seconds a user's conversation history (the last 20 lines: what they said and what they
+    /// heard of the answers) is kept in Redis after its last line (with `VOXIO_REDIS_URL`;
+    /// without it, in the process). An OpenAI-compatible assistant answers with it.
+    #[arg(long, env = "VOXIO_HISTORY_TTL_S", default_value_t = 24 * 3600)]
+    pub history_ttl_s: u64,
     /// Voiced milliseconds in a row that confirm speech.
     #[arg(long, env = "VOXIO_TURN_CONFIRM_MS", default_value_t = 200)]
     pub turn_confirm_ms: u64,

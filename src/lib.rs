@@ -6,6 +6,7 @@
 //! endpoints external conformance suites drive.
 
 pub mod auth;
+#[cfg(feature = "bench")]
 pub mod bench_voice;
 pub mod cluster;
 pub mod config;

@@ -23,6 +23,7 @@ async fn main() -> std::io::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     match cli.command {
+        #[cfg(feature = "bench")]
         Some(Command::BenchVoice {
             turns,
             talkers,

@@ -218,13 +218,7 @@ async fn to_do_lists_live_in_redis_across_nodes() {
     assert_eq!(b.todos("ann").unwrap().await, Vec::<String>::new());
 
     // The list expires after its TTL.
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg("voxio:todos:ann")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(ttl > 50_000 && ttl <= 60_000, "PTTL {ttl}");
+    assert_expires_within_a_minute(&client, "voxio:todos:ann").await;
 
     // Redis gone: the turn is told so, within the store's timeout, and nothing panics.
     redis.stop();
@@ -237,4 +231,66 @@ async fn to_do_lists_live_in_redis_across_nodes() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A user's conversation history in Redis: lines appended on one node are loaded on the
+/// other, oldest first, bounded in number, expiring after their TTL; with Redis gone a load is
+/// empty and an append is dropped, neither waits past the timeout.
+#[actix_rt::test]
+async fn conversation_history_lives_in_redis_across_nodes() {
+    use voxio::voice::assistant::{Line, Role};
+    use voxio::voice::history::{HistoryStore, RedisHistory};
+
+    let mut redis = Redis::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection = client.get_connection_manager().await.unwrap();
+    let node = || RedisHistory {
+        connection: connection.clone(),
+        timeout: Duration::from_millis(500),
+        ttl: Duration::from_secs(60),
+        lines: 3,
+    };
+    let (a, b) = (node(), node());
+    let line = |role, text: &str| Line {
+        role,
+        text: text.into(),
+    };
+    a.append("ann", line(Role::User, "what is on my list"))
+        .await;
+    a.append("ann", line(Role::Assistant, "Your list has milk."))
+        .await;
+    b.append("ann", line(Role::User, "add eggs")).await;
+    b.append("ann", line(Role::Assistant, "Added eggs to your list."))
+        .await;
+    assert_eq!(
+        a.load("ann").await,
+        vec![
+            line(Role::Assistant, "Your list has milk."),
+            line(Role::User, "add eggs"),
+            line(Role::Assistant, "Added eggs to your list."),
+        ]
+    );
+    assert!(b.load("bob").await.is_empty());
+    assert_expires_within_a_minute(&client, "voxio:history:ann").await;
+
+    redis.stop();
+    let started = Instant::now();
+    assert!(a.load("ann").await.is_empty());
+    a.append("ann", line(Role::User, "lost")).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// `key` expires in 50 to 60 s (set with a TTL of 60 s moments ago).
+async fn assert_expires_within_a_minute(client: &redis::Client, key: &str) {
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 50_000 && ttl <= 60_000, "PTTL of {key}: {ttl}");
 }

@@ -295,6 +295,22 @@ async fn remote_providers_end_to_end_and_a_failure_does_not_stick() {
         "{lines:?}"
     );
     assert_eq!(lines.last().unwrap(), "user: and again");
+    drop(chats);
+
+    // A new socket for the same user (a reconnect) starts from the user's history.
+    drop(conn);
+    let mut conn = voice_connect(app.addr).await;
+    ws_send(&mut conn, r#"42/voice,["text",{"text":"one more"}]"#).await;
+    until(&mut conn, "assistant.text.done", Duration::from_secs(10)).await;
+    let chats = fake.chats.lock().unwrap();
+    let contents: Vec<&str> = chats.last().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert!(contents.contains(&"and again"), "{contents:?}");
+    assert_eq!(contents.last(), Some(&"one more"));
 }
 
 /// A VAD that takes its time: the pipeline cannot keep up with a fast sender.
@@ -348,6 +364,7 @@ fn voice_server(
         vad: Arc::new(vad),
         turn_detector: None,
         models: Vec::new(),
+        history: Arc::new(voxio::voice::history::MemoryHistory::new(20, 100)),
     };
     namespace(
         &io,

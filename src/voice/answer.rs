@@ -52,6 +52,8 @@ pub enum Do {
     FirstAudio,
     /// No answer is in progress any more.
     Finished,
+    /// A line joined the history: keep it where the conversation outlives this pipeline.
+    Remember(Line),
 }
 
 /// Milliseconds between two ticks of the pacing timer, and of audio in one chunk.
@@ -114,6 +116,16 @@ impl Answering {
     }
 
     // Commands.
+
+    /// Takes `lines` (oldest first) as the conversation so far, when this core has none yet
+    /// (a pipeline that starts for a user who spoke before); the newest are kept.
+    pub fn restore(&mut self, lines: Vec<Line>) {
+        if !self.history.is_empty() {
+            return;
+        }
+        let skip = lines.len().saturating_sub(self.history_len);
+        self.history.extend(lines.into_iter().skip(skip));
+    }
 
     /// Starts a new answer, to what the user said if `user` is given (the line goes to the
     /// history first, so the assistant sees it); an answer in progress is replaced. Returns
@@ -335,7 +347,9 @@ impl Answering {
         if self.history.len() >= self.history_len {
             self.history.pop_front();
         }
-        self.history.push_back(Line { role, text });
+        let line = Line { role, text };
+        self.out.push_back(Do::Remember(line.clone()));
+        self.history.push_back(line);
     }
 }
 
@@ -405,7 +419,7 @@ mod tests {
         let id = core.start(Some("what is on my list"));
         core.handle_event(id, delta("Your list has milk. And eg"));
         let out = drain(&mut core);
-        assert_eq!(out[0], Do::Replied);
+        assert!(out.contains(&Do::Replied));
         assert_eq!(
             synthesis(&out),
             vec![(id, "Your list has milk.".to_owned())]
@@ -473,8 +487,8 @@ mod tests {
             Do::Emit("tts.stopped", json!({ "reason": "interrupted" }))
         );
         assert_eq!(
-            out[2],
-            Do::Emit("playback.clear", json!({ "playedMs": 500 }))
+            out.last(),
+            Some(&Do::Emit("playback.clear", json!({ "playedMs": 500 })))
         );
         assert_eq!(core.history()[1].text, "One two…");
         // What the cancelled work hands back later is ignored.
@@ -501,7 +515,11 @@ mod tests {
             out,
             [
                 Do::Cancel,
-                Do::Emit("tts.stopped", json!({ "reason": "replaced" }))
+                Do::Emit("tts.stopped", json!({ "reason": "replaced" })),
+                Do::Remember(Line {
+                    role: Role::User,
+                    text: "add milk to my list".into()
+                })
             ]
         );
         // The first answer was not played at all: the history has only the user's line.
@@ -538,6 +556,39 @@ mod tests {
         let id = core.start(None);
         core.handle_event(id, None);
         assert_eq!(drain(&mut core).last(), Some(&Do::Finished));
+    }
+
+    #[test]
+    fn lines_are_handed_out_and_a_history_is_restored_once() {
+        let mut core = Answering::new(3, 0);
+        let line = |text: &str| Line {
+            role: Role::User,
+            text: text.into(),
+        };
+        core.restore(vec![line("a"), line("b"), line("c"), line("d")]);
+        let texts = |core: &Answering| -> Vec<String> {
+            core.history().into_iter().map(|l| l.text).collect()
+        };
+        assert_eq!(texts(&core), ["b", "c", "d"]);
+        // A history already under way is not replaced.
+        core.restore(vec![line("x")]);
+        assert_eq!(texts(&core), ["b", "c", "d"]);
+        let id = core.start(Some("e"));
+        assert!(drain(&mut core).contains(&Do::Remember(line("e"))));
+        core.handle_event(id, delta("Okay."));
+        core.handle_event(id, None);
+        core.handle_speech(id, "Okay.".into(), speech(100));
+        core.handle_tick();
+        let out = drain(&mut core);
+        assert!(out.contains(&Do::Remember(Line {
+            role: Role::Assistant,
+            text: "Okay.".into()
+        })));
+        assert_eq!(texts(&core), ["d", "e", "Okay."]);
+        let mut fresh = Answering::new(3, 0);
+        fresh.restore(Vec::new());
+        fresh.restore(vec![line("z")]);
+        assert_eq!(texts(&fresh), ["z"]);
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub struct Reply {
 }
 
 /// Who said a line of the conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// The user.
     User,
@@ -37,7 +38,7 @@ pub enum Role {
 }
 
 /// One line of the conversation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Line {
     /// Who said it.
     pub role: Role,
@@ -420,7 +421,20 @@ impl Assistant for TodoAssistant {
     fn answer(&self, user: &str, _history: &[Line], said: &Said<'_>) -> AnswerStream {
         let (store, rules) = (self.store.clone(), self.rules);
         let (user, text, confidence) = (user.to_owned(), said.text.to_owned(), said.confidence);
-        let reply = async move { reply(store.as_ref(), rules, &user, &text, confidence).await };
+        // What the user asked for happens whether or not its answer is heard (a newer answer
+        // may replace this one before it is spoken, and a replaced answer's stream is
+        // dropped): the change runs on a task of its own, started now, in the order the turns
+        // came in.
+        let (done, result) = tokio::sync::oneshot::channel();
+        actix_rt::spawn(async move {
+            let _ = done.send(reply(store.as_ref(), rules, &user, &text, confidence).await);
+        });
+        let reply = async move {
+            result.await.unwrap_or_else(|_| Reply {
+                text: UNREACHABLE.to_owned(),
+                todos: None,
+            })
+        };
         Box::pin(futures_util::stream::once(reply).flat_map(|reply| {
             let mut events = vec![Ok(AssistantEvent::Delta(reply.text))];
             if let Some(items) = reply.todos {
@@ -771,6 +785,26 @@ mod tests {
             .await
             .text,
             "Added tea to your list."
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_command_lands_even_when_its_answer_is_dropped_unheard() {
+        let a = TodoAssistant::default();
+        let mut streams: Vec<AnswerStream> = ["add milk to my list", "add eggs to my list"]
+            .into_iter()
+            .map(|text| a.answer("u", &[], &Said::certain(text)))
+            .collect();
+        let last = streams.pop().unwrap();
+        // The first answer is replaced before it is ever polled.
+        drop(streams);
+        let events: Vec<_> = last.collect().await;
+        assert_eq!(
+            events.last(),
+            Some(&Ok(AssistantEvent::Todos(vec![
+                "milk".into(),
+                "eggs".into()
+            ])))
         );
     }
 

@@ -30,8 +30,10 @@ use serde_json::json;
 use futures_util::StreamExt;
 
 use super::answer::{Answering, Do, TICK_MS};
+use super::assistant::Line;
 use super::assistant::{AnswerStream, Assistant, AssistantEvent, Said};
 use super::audio::{AudioFormat, Converter, Frame};
+use super::history::SharedHistory;
 use super::listen::Listener;
 use super::smart_turn::{TurnDetector, Verdict};
 use super::stt::{SpeechToText, SttEvent, SttStream};
@@ -60,6 +62,8 @@ pub struct Stages {
     pub turn_detector: Option<Arc<dyn TurnDetector>>,
     /// The speech models the stages looked for, for `/readyz`.
     pub models: Vec<ModelState>,
+    /// Where each user's conversation history is kept beyond one pipeline.
+    pub history: SharedHistory,
 }
 
 /// Whether a speech model was found and loaded.
@@ -252,6 +256,8 @@ enum Input {
     Answer(AnswerEvent),
     Transcript(Transcript),
     Verdict(TurnVerdict),
+    /// The user's history, loaded from the store at start.
+    History(Vec<Line>),
 }
 
 /// Move to the arbiter `to`, whose thread is `thread`, at the first moment between turns.
@@ -306,7 +312,7 @@ fn after_held(held: Option<(String, f32)>, text: String, confidence: f32) -> (St
 pub const BUSY_APOLOGY: &str = "Sorry, I am busy with others right now. Please say that again.";
 
 /// Lines of conversation kept for the assistant.
-const HISTORY: usize = 20;
+pub const HISTORY: usize = 20;
 
 struct AnswerEvent {
     id: u64,
@@ -377,6 +383,8 @@ impl Pipeline {
             stages,
         };
         let busy = pipeline.busy.clone();
+        let (load, addr) = (pipeline.stages.history.load(&pipeline.user), ctx.address());
+        actix_rt::spawn(async move { addr.do_send(Input::History(load.await)) });
         ctx.run(pipeline);
         PipelineHandle {
             home,
@@ -563,6 +571,9 @@ impl Pipeline {
                 Do::Replied => self.times.replied = Some(Instant::now()),
                 Do::FirstAudio => self.metrics(Instant::now()),
                 Do::Finished => self.set_busy(false),
+                Do::Remember(line) => {
+                    actix_rt::spawn(self.stages.history.append(&self.user, line));
+                }
             }
         }
     }
@@ -651,6 +662,7 @@ impl Handler<Input> for Pipeline {
             Input::Answer(event) => self.on_answer(event, ctx),
             Input::Transcript(transcript) => self.on_transcript(transcript, ctx),
             Input::Verdict(verdict) => self.on_verdict(verdict, ctx),
+            Input::History(lines) => self.answering.restore(lines),
         }
     }
 }

@@ -70,6 +70,20 @@ impl MemoryTodos {
     }
 }
 
+/// `user`'s entry in a map of at most `max` users: a new user beyond that evicts one.
+pub(crate) fn bounded_entry<'m, V: Default>(
+    users: &'m mut HashMap<String, V>,
+    user: &str,
+    max: usize,
+) -> &'m mut V {
+    if !users.contains_key(user) && users.len() >= max {
+        if let Some(evict) = users.keys().next().cloned() {
+            users.remove(&evict);
+        }
+    }
+    users.entry(user.to_owned()).or_default()
+}
+
 impl TodoStore for MemoryTodos {
     fn update<'a>(
         &'a self,
@@ -77,12 +91,7 @@ impl TodoStore for MemoryTodos {
         change: Change<'a>,
     ) -> BoxFuture<'a, Result<(String, Vec<String>), Unavailable>> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        if !users.contains_key(user) && users.len() >= self.max_users {
-            if let Some(evict) = users.keys().next().cloned() {
-                users.remove(&evict);
-            }
-        }
-        let state = users.entry(user.to_owned()).or_default();
+        let state = bounded_entry(&mut users, user, self.max_users);
         let said = change(state);
         let items = state.items.clone();
         Box::pin(std::future::ready(Ok((said, items))))

@@ -465,6 +465,18 @@ fn stages(
         (None, Some(_)) => voice::turn::HANGOVER_WITH_MODEL,
         (None, None) => voice::turn::HANGOVER_WITHOUT_MODEL,
     };
+    let history: voice::history::SharedHistory = match redis {
+        Some((connection, timeout)) => Arc::new(voice::history::RedisHistory {
+            connection: connection.clone(),
+            timeout: *timeout,
+            ttl: Duration::from_secs(args.history_ttl_s),
+            lines: voice::pipeline::HISTORY,
+        }),
+        None => Arc::new(voice::history::MemoryHistory::new(
+            voice::pipeline::HISTORY,
+            10_000,
+        )),
+    };
     Ok(voice::pipeline::Stages {
         turn: voice::turn::TurnConfig {
             threshold: args.vad_threshold,
@@ -482,6 +494,7 @@ fn stages(
         vad,
         turn_detector,
         models,
+        history,
     })
 }
 
