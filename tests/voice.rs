@@ -272,9 +272,7 @@ async fn remote_providers_end_to_end_and_a_failure_does_not_stick() {
     assert_eq!(events.last().unwrap().1["text"], "Sure. I added milk.");
 
     // The conversation history went along: what was said and heard before.
-    let chats = fake.chats.lock().unwrap();
-    let last = &chats.last().unwrap()["messages"];
-    let lines: Vec<String> = last
+    let lines: Vec<String> = fake.chats.lock().unwrap().last().unwrap()["messages"]
         .as_array()
         .unwrap()
         .iter()
@@ -295,7 +293,6 @@ async fn remote_providers_end_to_end_and_a_failure_does_not_stick() {
         "{lines:?}"
     );
     assert_eq!(lines.last().unwrap(), "user: and again");
-    drop(chats);
 
     // A new socket for the same user (a reconnect) starts from the user's history.
     drop(conn);
