@@ -332,9 +332,9 @@ pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
         .add((header::X_FRAME_OPTIONS, "DENY"))
 }
 
-/// The voice pipeline's stages from the settings (warms the speech-to-text decoders).
-/// The voice pipeline's stages; the assistant keeps its lists in Redis when `redis` is given
-/// (the shared connection and its command timeout).
+/// The voice pipeline's stages from the settings (warms the speech-to-text decoders); the
+/// to-do lists and conversation histories live in Redis when `redis` is given (the shared
+/// connection and its command timeout).
 fn stages(
     args: &ServerArgs,
     redis: Option<&(redis::aio::ConnectionManager, Duration)>,
