@@ -16,7 +16,9 @@ RUN bash scripts/deps.sh image-build \
 # The official Socket.IO client bundle the page loads, from npm (pinned by the lock file).
 COPY client/package.json client/package-lock.json client/
 RUN npm ci --prefix client --no-audit --no-fund --loglevel=error
-COPY Cargo.toml Cargo.lock ./
+# build.rs and .cargo/config.toml point ct2rs at the CTranslate2 library in /src/models.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY .cargo .cargo
 COPY src src
 RUN cargo build --release --locked --bin voxio
 

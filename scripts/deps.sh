@@ -18,8 +18,9 @@ VOXIO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Debian packages needed to build voxio (C libraries for -sys crates, pkg-config; a C++
 # compiler for ct2rs's bridge to CTranslate2, and cpu_features, which ct2rs links beside the
-# CTranslate2 library that the setup unpacks from its pinned wheel: see deps_models).
-BUILD_PACKAGES=(pkg-config libpocketsphinx-dev libssl-dev g++ libcpu-features-dev)
+# CTranslate2 library that the setup unpacks from its pinned wheel: see deps_models; cmake for
+# sentencepiece-sys, which builds the SentencePiece library ct2rs's tokenizers use).
+BUILD_PACKAGES=(pkg-config libpocketsphinx-dev libssl-dev g++ libcpu-features-dev cmake)
 # Debian packages voxio needs at run time: the libraries the binary links (pocketsphinx,
 # OpenSSL), the speech model, the speech programs (flite is the default voice, espeak-ng the
 # other; both run as processes), and CA certificates for remote providers.
