@@ -13,6 +13,7 @@
 //! given several talker counts, the capacity: the count at which p95 end of voice → first
 //! audio passes twice the fewest talkers' median.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -270,15 +271,23 @@ async fn talker(
     Ok(results)
 }
 
+/// The server's log filter when `VOXIO_BENCH_SERVER_LOG` names one (its log then goes to
+/// this process's standard error, say to see each Whisper decode with
+/// `voxio::voice::whisper=debug`); otherwise warnings only, thrown away.
 fn start_server(port: u16, models: &Path) -> std::io::Result<Server> {
     let exe: PathBuf = std::env::current_exe()?;
+    let log = std::env::var("VOXIO_BENCH_SERVER_LOG").ok();
+    let stdout = match &log {
+        Some(_) => Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?),
+        None => Stdio::null(),
+    };
     let server = Server(
         Command::new(exe)
             .env("VOXIO_BIND", format!("127.0.0.1:{port}"))
             .env("VOXIO_PIN", "246810")
             .env("VOXIO_MODELS_DIR", models)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", log.as_deref().unwrap_or("warn"))
+            .stdout(stdout)
             .spawn()?,
     );
     let deadline = Instant::now() + Duration::from_secs(60);
