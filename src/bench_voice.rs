@@ -13,7 +13,6 @@
 //! given several talker counts, the capacity: the count at which p95 end of voice → first
 //! audio passes twice the fewest talkers' median.
 
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -271,14 +270,14 @@ async fn talker(
     Ok(results)
 }
 
-/// The server's log filter when `VOXIO_BENCH_SERVER_LOG` names one (its log then goes to
-/// this process's standard error, say to see each Whisper decode with
-/// `voxio::voice::whisper=debug`); otherwise warnings only, thrown away.
+/// Starts the server under test. It logs warnings only, thrown away, unless
+/// `VOXIO_BENCH_SERVER_LOG` names a filter: its log then goes to this process's standard
+/// error (say `voxio::voice::whisper=debug`, to see each Whisper decode).
 fn start_server(port: u16, models: &Path) -> std::io::Result<Server> {
     let exe: PathBuf = std::env::current_exe()?;
     let log = std::env::var("VOXIO_BENCH_SERVER_LOG").ok();
     let stdout = match &log {
-        Some(_) => Stdio::from(std::io::stderr().as_fd().try_clone_to_owned()?),
+        Some(_) => Stdio::from(std::io::stderr()),
         None => Stdio::null(),
     };
     let server = Server(
