@@ -367,6 +367,10 @@ pub async fn run(turns: usize, talkers: &[usize], classic: bool, port: u16) -> s
             let stat = |f: fn(&Turn) -> Option<f64>| {
                 let mut v: Vec<f64> = turns.iter().filter_map(|t| f(t)).collect();
                 v.sort_by(f64::total_cmp);
+                if v.is_empty() {
+                    // No turn of this kind got that far (or there was none).
+                    return "–".to_owned();
+                }
                 format!("{:.0} / {:.0}", percentile(&v, 50.0), percentile(&v, 95.0))
             };
             println!(
@@ -410,7 +414,7 @@ struct Load {
 /// audio reaches twice the fewest talkers' median. `None` with fewer than two counts.
 fn capacity(runs: &[Load]) -> Option<String> {
     let base = runs.iter().min_by_key(|r| r.talkers)?;
-    if runs.len() < 2 || base.median <= 0.0 {
+    if runs.len() < 2 || !base.median.is_finite() || base.median <= 0.0 {
         return None;
     }
     let mut sorted: Vec<&Load> = runs.iter().collect();
@@ -468,6 +472,9 @@ mod tests {
             .unwrap()
             .contains("at every count measured, up to 2 talkers"));
         assert!(capacity(&runs[..1]).is_none());
+        // A run in which no turn was answered has no median to compare with.
+        let unanswered = [load(1, f64::NAN, f64::NAN), load(8, 1000.0, 1500.0)];
+        assert!(capacity(&unanswered).is_none());
     }
 
     #[test]
