@@ -6,13 +6,13 @@
 //! of the server counts something; [`install`] must run before that (it is called by
 //! [`crate::web::Voxio::build`]), or the handles stay no-ops.
 
-use std::sync::{LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::engineio::TransportKind;
+use crate::engineio::{CloseReason, EngineObserver, Observer, TransportKind};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -136,7 +136,7 @@ fn describe() {
 }
 
 /// Engine.IO counters, one handle each per transport.
-pub(crate) struct EngineMetrics {
+struct EngineMetrics {
     pub sessions: [Gauge; 2],
     pub opened: [Counter; 2],
     pub packets_in: [Counter; 2],
@@ -150,7 +150,7 @@ fn by_transport<T>(f: impl Fn(&'static str) -> T) -> [T; 2] {
     [f("polling"), f("websocket")]
 }
 
-pub(crate) static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetrics {
+static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetrics {
     sessions: by_transport(|t| gauge!("voxio_engine_sessions", "transport" => t)),
     opened: by_transport(|t| counter!("voxio_engine_sessions_opened_total", "transport" => t)),
     packets_in: by_transport(
@@ -168,23 +168,57 @@ pub(crate) static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetri
     upgrades: counter!("voxio_engine_upgrades_total"),
 });
 
-impl EngineMetrics {
-    pub(crate) fn index(transport: TransportKind) -> usize {
-        match transport {
-            TransportKind::Polling => 0,
-            TransportKind::WebSocket => 1,
-        }
+fn index(transport: TransportKind) -> usize {
+    match transport {
+        TransportKind::Polling => 0,
+        TransportKind::WebSocket => 1,
     }
 }
 
-/// Counts a closed session (not per packet: a registry lookup is fine here).
-pub(crate) fn session_closed(reason: &'static str) {
-    counter!("voxio_engine_closes_total", "reason" => reason).increment(1);
+/// The engine's observer that keeps the `voxio_engine_*` metrics.
+pub struct EngineTelemetry;
+
+impl EngineTelemetry {
+    /// The observer, as the engine's configuration takes it.
+    pub fn observer() -> Observer {
+        Observer(Arc::new(EngineTelemetry))
+    }
 }
 
-/// Counts a refused handshake.
-pub(crate) fn refused(reason: &'static str) {
-    counter!("voxio_engine_refused_total", "reason" => reason).increment(1);
+impl EngineObserver for EngineTelemetry {
+    fn opened(&self, transport: TransportKind) {
+        ENGINE.sessions[index(transport)].increment(1.0);
+        ENGINE.opened[index(transport)].increment(1);
+    }
+
+    fn upgraded(&self) {
+        ENGINE.sessions[index(TransportKind::Polling)].decrement(1.0);
+        ENGINE.sessions[index(TransportKind::WebSocket)].increment(1.0);
+        ENGINE.upgrades.increment(1);
+    }
+
+    fn ended(&self, transport: TransportKind) {
+        ENGINE.sessions[index(transport)].decrement(1.0);
+    }
+
+    // Not per packet: a registry lookup is fine for a close or a refusal.
+    fn closed(&self, reason: CloseReason) {
+        counter!("voxio_engine_closes_total", "reason" => reason.as_str()).increment(1);
+    }
+
+    fn refused(&self, reason: &'static str) {
+        counter!("voxio_engine_refused_total", "reason" => reason).increment(1);
+    }
+
+    fn received(&self, transport: TransportKind, packets: u64, bytes: u64) {
+        ENGINE.packets_in[index(transport)].increment(packets);
+        ENGINE.bytes_in[index(transport)].increment(bytes);
+    }
+
+    fn sent(&self, transport: TransportKind, packets: u64, bytes: u64) {
+        ENGINE.packets_out[index(transport)].increment(packets);
+        ENGINE.bytes_out[index(transport)].increment(bytes);
+    }
 }
 
 /// Voice counters.

@@ -808,3 +808,92 @@ async fn a_draining_engine_refuses_handshakes_and_closes_sessions_on_request() {
     assert_eq!(ws_closed(&mut conn).await, Some(1012));
     server.wait_sessions(0).await;
 }
+
+/// Writes down what the engine tells its observer.
+#[derive(Default)]
+struct Told(Mutex<Vec<String>>);
+
+impl Told {
+    fn push(&self, line: String) {
+        self.0.lock().unwrap().push(line);
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl voxio::engineio::EngineObserver for Told {
+    fn opened(&self, transport: voxio::engineio::TransportKind) {
+        self.push(format!("opened {}", transport.as_str()));
+    }
+    fn upgraded(&self) {
+        self.push("upgraded".into());
+    }
+    fn ended(&self, transport: voxio::engineio::TransportKind) {
+        self.push(format!("ended {}", transport.as_str()));
+    }
+    fn closed(&self, reason: CloseReason) {
+        self.push(format!("closed {reason}"));
+    }
+    fn refused(&self, reason: &'static str) {
+        self.push(format!("refused {reason}"));
+    }
+    fn received(&self, transport: voxio::engineio::TransportKind, packets: u64, bytes: u64) {
+        self.push(format!("in {} {packets} {bytes}", transport.as_str()));
+    }
+    fn sent(&self, transport: voxio::engineio::TransportKind, packets: u64, _bytes: u64) {
+        self.push(format!("out {} {packets}", transport.as_str()));
+    }
+}
+
+#[actix_rt::test]
+async fn the_observer_is_told_of_sessions_and_packets_on_both_transports() {
+    let told = Arc::new(Told::default());
+    let server = TestServer::echo(EngineConfig {
+        ping_interval: Duration::from_secs(10),
+        max_sessions: 1,
+        observer: voxio::engineio::Observer(told.clone()),
+        ..fast()
+    });
+    let client = client();
+    let (sid, _) = open_polling(&client, &server).await;
+    // The one session allowed is open: the next handshake is refused.
+    assert_eq!(
+        get(&client, &server.url("transport=polling")).await.status,
+        503
+    );
+    let url = server.url(&format!("transport=polling&sid={sid}"));
+    assert_eq!(post(&client, &url, "4hello\x1e4world").await.status, 200);
+    assert_eq!(get(&client, &url).await.text(), "4hello\x1e4world");
+    let mut conn = ws_connect(&server.ws_url(&format!("transport=websocket&sid={sid}"))).await;
+    ws_send(&mut conn, "2probe").await;
+    assert_eq!(ws_text(&mut conn).await, "3probe");
+    ws_send(&mut conn, "5").await;
+    ws_send(&mut conn, "4again").await;
+    assert_eq!(ws_text(&mut conn).await, "4again");
+    ws_send(&mut conn, "1").await;
+    server.wait_sessions(0).await;
+    let lines = told.lines();
+    let expected = [
+        "opened polling",
+        "out polling 1",
+        "refused too many sessions",
+        "in polling 2 13",
+        "out polling 2",
+        "upgraded",
+        "in websocket 1 6",
+        "out websocket 1",
+        "in websocket 1 1",
+        "closed transport close",
+        "ended websocket",
+    ];
+    // In this order, with the probe's own packets (which the session does not see) around them.
+    let mut at = 0;
+    for line in &lines {
+        if expected.get(at) == Some(&line.as_str()) {
+            at += 1;
+        }
+    }
+    assert_eq!(at, expected.len(), "told {lines:?}");
+}

@@ -137,6 +137,9 @@ pub struct EngineConfig {
     /// the others are dropped at the handshake. Default: `origin`, `user-agent`,
     /// `x-forwarded-for`, `x-forwarded-proto`.
     pub handshake_headers: Vec<HeaderName>,
+    /// Told of sessions, refusals, packets and bytes (the application's metrics). Default:
+    /// nothing is told.
+    pub observer: super::Observer,
 }
 
 impl Default for EngineConfig {
@@ -162,6 +165,7 @@ impl Default for EngineConfig {
                 HeaderName::from_static("x-forwarded-proto"),
             ]
             .into(),
+            observer: super::Observer::default(),
         }
     }
 }

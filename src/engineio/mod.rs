@@ -11,11 +11,13 @@
 //! - [`Engine`]: the HTTP entry point that parses a request and dispatches it.
 //!
 //! The layer above (Socket.IO, or the echo server of `voxio protocol-test`) plugs in through
-//! [`EngineHandler`] and [`SessionHandler`].
+//! [`EngineHandler`] and [`SessionHandler`]; the application's metrics through an
+//! [`EngineObserver`] (`EngineConfig::observer`), so the engine depends on nothing above it.
 
 mod config;
 mod error;
 mod frame_guard;
+mod observer;
 pub mod outbox;
 pub mod packet;
 mod polling;
@@ -33,6 +35,7 @@ use bytestring::ByteString;
 
 pub use config::{ClientOf, EngineConfig, OriginPolicy, Transports};
 pub use error::EngineError;
+pub use observer::{EngineObserver, Observer, Unobserved};
 pub use outbox::{MessageFrame, SendError, SessionHandle};
 pub use server::Engine;
 pub use sid::Sid;

@@ -137,6 +137,14 @@ impl OutFrame {
         OutFrame::Text(frame.into())
     }
 
+    /// How many bytes this frame takes in a WebSocket message (its payload).
+    pub fn message_len(&self) -> usize {
+        match self {
+            OutFrame::Text(text) => text.len(),
+            OutFrame::Binary(data) => data.len(),
+        }
+    }
+
     /// How many bytes this frame takes in a polling payload (separator not included).
     pub fn payload_len(&self) -> usize {
         match self {

@@ -9,7 +9,6 @@
 //! HTTP handler is alive (it holds the other end of a oneshot), so a client that gives up on a
 //! poll does not leave a phantom request behind.
 
-use crate::telemetry::ENGINE;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,7 +21,7 @@ use super::packet::{self, OutFrame};
 use super::server::{EngineShared, Route, SessionCore, Timer};
 use super::sid::Sid;
 use super::websocket::WsConnection;
-use super::{CloseReason, EngineError};
+use super::{CloseReason, EngineError, TransportKind};
 
 /// The answer to one GET.
 pub(crate) enum PollReply {
@@ -169,8 +168,11 @@ impl PollingSession {
             }
         }
         let body = packet::encode_payload(&frames);
-        ENGINE.packets_out[0].increment(frames.len() as u64);
-        ENGINE.bytes_out[0].increment(body.len() as u64);
+        self.shared.config.observer.sent(
+            TransportKind::Polling,
+            frames.len() as u64,
+            body.len() as u64,
+        );
         if reply.send(PollReply::Payload(body)).is_err() {
             // The client went away between the check and now: keep its packets for the next poll.
             frames.retain(|f| *f != OutFrame::CLOSE && *f != OutFrame::NOOP);
@@ -276,9 +278,10 @@ impl Handler<PostData> for PollingSession {
         };
         let now = Instant::now();
         let machine = &mut core.machine;
-        ENGINE.bytes_in[0].increment(msg.body.len() as u64);
+        let bytes = msg.body.len() as u64;
+        let mut packets = 0;
         let decoded = packet::decode_payload(msg.body, |packet| {
-            ENGINE.packets_in[0].increment(1);
+            packets += 1;
             machine.handle_packet(packet, now);
             if machine.is_closed() {
                 ControlFlow::Break(())
@@ -286,6 +289,10 @@ impl Handler<PostData> for PollingSession {
                 ControlFlow::Continue(())
             }
         });
+        self.shared
+            .config
+            .observer
+            .received(TransportKind::Polling, packets, bytes);
         if decoded.is_err() {
             machine.handle_parse_error();
         }

@@ -21,7 +21,6 @@ use super::session::{Event, Session};
 use super::sid::Sid;
 use super::websocket::WsConnection;
 use super::{EngineConfig, EngineError, EngineHandler, Handshake, SessionHandler, TransportKind};
-use crate::telemetry::{self, EngineMetrics, ENGINE};
 
 /// An Engine.IO server: configuration, the layer above, and the sessions it holds.
 ///
@@ -234,7 +233,7 @@ fn open_session(
     transport: TransportKind,
 ) -> Result<SessionCore, EngineError> {
     if shared.draining.load(Ordering::Acquire) {
-        telemetry::refused("shutting down");
+        shared.config.observer.refused("shutting down");
         return Err(EngineError::ShuttingDown);
     }
     let sid = Sid::generate();
@@ -255,7 +254,7 @@ fn open_session(
             SessionHandle::new(sid, outbox.clone()),
         )
         .inspect_err(|e| {
-            telemetry::refused(match e {
+            shared.config.observer.refused(match e {
                 EngineError::TooManyFromClient => "too many sessions from one client",
                 _ => "too many sessions",
             })
@@ -293,8 +292,11 @@ fn polling_open(
     let addr = PollingSession::new(shared.clone(), core).start();
     shared.registry.insert(sid, Route::Polling(addr));
     let body = super::packet::encode_payload(&frames);
-    ENGINE.packets_out[0].increment(frames.len() as u64);
-    ENGINE.bytes_out[0].increment(body.len() as u64);
+    shared.config.observer.sent(
+        TransportKind::Polling,
+        frames.len() as u64,
+        body.len() as u64,
+    );
     Ok(payload_response(body))
 }
 
@@ -491,14 +493,13 @@ impl Registry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(sid, handle);
-        let index = EngineMetrics::index(transport);
-        ENGINE.sessions[index].increment(1.0);
-        ENGINE.opened[index].increment(1);
+        config.observer.opened(transport);
         Ok(SessionSlot {
             live: self.live.clone(),
             handles: self.handles.clone(),
             sid,
-            transport: index,
+            transport,
+            observer: config.observer.clone(),
             _client: client,
         })
     }
@@ -518,8 +519,9 @@ pub(crate) struct SessionSlot {
     live: Arc<AtomicUsize>,
     handles: Arc<Mutex<HashMap<Sid, SessionHandle>>>,
     sid: Sid,
-    /// The transport's index in the metrics.
-    transport: usize,
+    /// The transport the session is on.
+    transport: TransportKind,
+    observer: super::Observer,
     _client: Option<ClientCount>,
 }
 
@@ -544,18 +546,15 @@ impl Drop for ClientCount {
 impl SessionSlot {
     /// The session moved from polling to WebSocket.
     pub(crate) fn upgraded(&mut self) {
-        let to = EngineMetrics::index(TransportKind::WebSocket);
-        ENGINE.sessions[self.transport].decrement(1.0);
-        ENGINE.sessions[to].increment(1.0);
-        ENGINE.upgrades.increment(1);
-        self.transport = to;
+        self.transport = TransportKind::WebSocket;
+        self.observer.upgraded();
     }
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
         self.live.fetch_sub(1, Ordering::AcqRel);
-        ENGINE.sessions[self.transport].decrement(1.0);
+        self.observer.ended(self.transport);
         self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -579,7 +578,7 @@ impl SessionCore {
                 Event::Message(text) => self.handler.on_message(text),
                 Event::Binary(data) => self.handler.on_binary(data),
                 Event::Closed(reason) => {
-                    telemetry::session_closed(reason.as_str());
+                    self.slot.observer.closed(reason);
                     self.handler.on_close(reason)
                 }
             }

@@ -31,9 +31,12 @@ use super::polling::{
     PollingSession, SessionGone, UpgradeAbort, UpgradeComplete, UpgradeProbed, UpgradeStart,
 };
 use super::server::{EngineShared, Route, SessionCore, Timer};
-use super::CloseReason;
-use crate::telemetry::ENGINE;
+use super::{CloseReason, Observer, TransportKind};
 
+/// What the connection is doing. It lives inside its actor for the connection's life, so the
+/// open session is held inline: boxing it would add an allocation and an indirection on
+/// every frame to save the short-lived probing connections ~200 bytes.
+#[allow(clippy::large_enum_variant)]
 enum Mode {
     Open(SessionCore),
     Probing {
@@ -129,7 +132,11 @@ impl WsConnection {
         let Mode::Open(core) = &self.mode else {
             return;
         };
-        let writer = write_frames(self.ws.clone(), core.machine.outbox().clone());
+        let writer = write_frames(
+            self.ws.clone(),
+            core.machine.outbox().clone(),
+            self.shared.config.observer.clone(),
+        );
         writer
             .into_actor(self)
             .map(|(), act, ctx| act.writer_done(ctx))
@@ -330,21 +337,16 @@ fn close_code(reason: CloseReason, chosen: CloseCode) -> CloseCode {
 }
 
 /// Drains the outbox into the socket until the session closes or the socket goes away.
-async fn write_frames(mut ws: actix_ws::Session, outbox: Arc<Outbox>) {
+async fn write_frames(mut ws: actix_ws::Session, outbox: Arc<Outbox>, observer: Observer) {
     let mut batch = Vec::new();
     loop {
         let closing = outbox.drain_into(&mut batch);
-        ENGINE.packets_out[1].increment(batch.len() as u64);
+        let bytes = batch.iter().map(|f| f.message_len() as u64).sum();
+        observer.sent(TransportKind::WebSocket, batch.len() as u64, bytes);
         for frame in batch.drain(..) {
             let sent = match frame {
-                OutFrame::Text(text) => {
-                    ENGINE.bytes_out[1].increment(text.len() as u64);
-                    ws.text(text).await
-                }
-                OutFrame::Binary(data) => {
-                    ENGINE.bytes_out[1].increment(data.len() as u64);
-                    ws.binary(data).await
-                }
+                OutFrame::Text(text) => ws.text(text).await,
+                OutFrame::Binary(data) => ws.binary(data).await,
             };
             if sent.is_err() {
                 return;
@@ -431,23 +433,20 @@ impl StreamHandler<Result<Message, ProtocolError>> for WsConnection {
             }
             Err(_) => return self.fail(CloseReason::TransportError, CloseCode::Protocol, ctx),
         };
-        const WS: usize = 1;
+        let observer = &self.shared.config.observer;
         match message {
             Message::Text(text) => {
-                ENGINE.packets_in[WS].increment(1);
-                ENGINE.bytes_in[WS].increment(text.len() as u64);
+                observer.received(TransportKind::WebSocket, 1, text.len() as u64);
                 self.on_message(Packet::decode_text(text), ctx)
             }
             Message::Binary(data) => {
-                ENGINE.packets_in[WS].increment(1);
-                ENGINE.bytes_in[WS].increment(data.len() as u64);
+                observer.received(TransportKind::WebSocket, 1, data.len() as u64);
                 self.on_message(Ok(Packet::Binary(data)), ctx)
             }
             Message::Continuation(item) => match self.fragments.push(item) {
                 Ok(None) => {}
                 Ok(Some(assembled)) => {
-                    ENGINE.packets_in[WS].increment(1);
-                    ENGINE.bytes_in[WS].increment(assembled.len() as u64);
+                    observer.received(TransportKind::WebSocket, 1, assembled.len() as u64);
                     self.on_assembled(assembled, ctx)
                 }
                 Err(code) => self.fail(CloseReason::TransportError, code, ctx),

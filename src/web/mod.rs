@@ -185,6 +185,7 @@ impl Voxio {
         engine_config.client_of = crate::engineio::ClientOf(Arc::new(move |peer, headers| {
             Some(crate::auth::client_key(proxies.client_ip(peer, headers)))
         }));
+        engine_config.observer = crate::telemetry::EngineTelemetry::observer();
         let origins = engine_config.origins.clone();
         let engine = Engine::new(engine_config, io.engine_handler());
         Ok(Startup {
