@@ -5,25 +5,33 @@
 //! - [`session`]: the session as a sans-I/O state machine, driven with an injectable clock;
 //! - [`outbox`]: the bounded per-session outbound queue and the [`SessionHandle`] the layer
 //!   above sends through;
-//! - the drivers: a polling session actor (reachable from every worker through a process-wide
-//!   registry) and a WebSocket connection actor (on the worker that accepted the socket; after an
-//!   upgrade the session's state moves into it, so frames are handled without a thread hop);
-//! - [`Engine`]: the HTTP entry point that parses a request and dispatches it.
+//! - `shared`: what both drivers use: the engine's shared state, the registry from sid to the
+//!   actor that owns the session, the counted session slot, the session's core (state machine
+//!   and handler, which moves at an upgrade) and the heartbeat timer;
+//! - the drivers: a polling session actor (`polling`, reachable from every worker through the
+//!   registry) and a WebSocket connection actor (`websocket`, on the worker that accepted the
+//!   socket; after an upgrade the session's state moves into it, so frames are handled without a
+//!   thread hop). Neither imports the HTTP dispatch; the polling actor does not know the
+//!   WebSocket actor's type;
+//! - `upgrade`: the handshake between the two drivers, as messages;
+//! - [`Engine`] (`dispatch`): the HTTP entry point that parses a request and dispatches it.
 //!
 //! The layer above (Socket.IO, or the echo server of `voxio protocol-test`) plugs in through
 //! [`EngineHandler`] and [`SessionHandler`]; the application's metrics through an
 //! [`EngineObserver`] (`EngineConfig::observer`), so the engine depends on nothing above it.
 
 mod config;
+mod dispatch;
 mod error;
 mod frame_guard;
 mod observer;
 pub mod outbox;
 pub mod packet;
 mod polling;
-mod server;
 pub mod session;
+mod shared;
 pub mod sid;
+mod upgrade;
 mod websocket;
 
 use std::fmt;
@@ -34,10 +42,10 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 pub use config::{ClientOf, EngineConfig, OriginPolicy, Transports};
+pub use dispatch::Engine;
 pub use error::EngineError;
 pub use observer::{EngineObserver, Observer, Unobserved};
 pub use outbox::{MessageFrame, SendError, SessionHandle};
-pub use server::Engine;
 pub use sid::Sid;
 
 /// The transport a session is on.

@@ -13,14 +13,16 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, StreamHandler};
+use actix::{
+    Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient, StreamHandler,
+};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::packet::{self, OutFrame};
-use super::server::{EngineShared, Route, SessionCore, Timer};
+use super::shared::{EngineShared, Route, SessionCore, Timer};
 use super::sid::Sid;
-use super::websocket::WsConnection;
+use super::upgrade::{SessionGone, UpgradeAbort, UpgradeComplete, UpgradeProbed, UpgradeStart};
 use super::{CloseReason, EngineError, TransportKind};
 
 /// The answer to one GET.
@@ -55,33 +57,6 @@ pub(crate) struct PostData {
     pub(crate) _guard: PostGuard,
 }
 
-/// A WebSocket connected with this sid and wants to probe.
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub(crate) struct UpgradeStart {
-    pub(crate) ws: Addr<WsConnection>,
-}
-
-/// The probing WebSocket got `2probe` and answered `3probe`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct UpgradeProbed;
-
-/// The client sent `5`: hand the session over to the WebSocket.
-#[derive(Message)]
-#[rtype(result = "Option<SessionCore>")]
-pub(crate) struct UpgradeComplete;
-
-/// The probing WebSocket went away or timed out.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct UpgradeAbort;
-
-/// Told to the probing WebSocket when the session closes under it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct SessionGone;
-
 /// One polling session.
 pub(crate) struct PollingSession {
     shared: Arc<EngineShared>,
@@ -92,7 +67,7 @@ pub(crate) struct PollingSession {
     pending_get: Option<oneshot::Sender<PollReply>>,
     /// The receiving end of the in-flight POST's guard.
     post_in_flight: Option<oneshot::Receiver<()>>,
-    probe: Option<Addr<WsConnection>>,
+    probe: Option<Recipient<SessionGone>>,
     /// Closed by the server, waiting for the client's last poll.
     lingering: bool,
 }

@@ -27,10 +27,9 @@ use bytestring::ByteString;
 use super::frame_guard;
 use super::outbox::Outbox;
 use super::packet::{OutFrame, Packet};
-use super::polling::{
-    PollingSession, SessionGone, UpgradeAbort, UpgradeComplete, UpgradeProbed, UpgradeStart,
-};
-use super::server::{EngineShared, Route, SessionCore, Timer};
+use super::polling::PollingSession;
+use super::shared::{EngineShared, Route, SessionCore, Timer};
+use super::upgrade::{SessionGone, UpgradeAbort, UpgradeComplete, UpgradeProbed, UpgradeStart};
 use super::{CloseReason, Observer, TransportKind};
 
 /// What the connection is doing. It lives inside its actor for the connection's life, so the
@@ -105,7 +104,9 @@ impl WsConnection {
         let sid = core.machine.sid();
         let registry = shared.clone();
         let addr = Self::start(shared, ws, stream, Mode::Open(core));
-        registry.registry.insert(sid, Route::WebSocket(addr));
+        registry
+            .registry
+            .insert(sid, Route::WebSocket(addr.recipient()));
     }
 
     /// A WebSocket probing the polling session `sid` for an upgrade.
@@ -370,7 +371,9 @@ impl Actor for WsConnection {
             Mode::Open(_) => self.open(ctx),
             Mode::Probing { polling, .. } => {
                 polling
-                    .send(UpgradeStart { ws: ctx.address() })
+                    .send(UpgradeStart {
+                        ws: ctx.address().recipient(),
+                    })
                     .into_actor(self)
                     .map(|accepted, act, ctx| {
                         if accepted.unwrap_or(false) {
@@ -407,7 +410,7 @@ impl Actor for WsConnection {
                 let sid = core.machine.sid();
                 self.shared
                     .registry
-                    .remove(sid, &Route::WebSocket(ctx.address()));
+                    .remove(sid, &Route::WebSocket(ctx.address().recipient()));
             }
             Mode::Probing { polling, .. } => polling.do_send(UpgradeAbort),
             Mode::Rejected | Mode::Done => {}
