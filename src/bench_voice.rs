@@ -410,6 +410,15 @@ struct Load {
     p95: f64,
 }
 
+/// "1 talker", "8 talkers".
+fn talkers(n: usize) -> String {
+    if n == 1 {
+        "1 talker".into()
+    } else {
+        format!("{n} talkers")
+    }
+}
+
 /// The capacity, as the issue defines it: the talkers at which p95 end of voice → first
 /// audio reaches twice the fewest talkers' median. `None` with fewer than two counts.
 fn capacity(runs: &[Load]) -> Option<String> {
@@ -432,12 +441,13 @@ fn capacity(runs: &[Load]) -> Option<String> {
     );
     Some(match (within, beyond) {
         (Some(n), Some(b)) => format!(
-            "{head} up to {n} talkers; {} talkers: {:.0} ms ({:.1}×)",
+            "{head} up to {}; {} talkers: {:.0} ms ({:.1}×)",
+            talkers(n),
             b.talkers,
             b.p95,
             b.p95 / base.median
         ),
-        (Some(n), None) => format!("{head} at every count measured, up to {n} talkers"),
+        (Some(n), None) => format!("{head} at every count measured, up to {}", talkers(n)),
         (None, Some(b)) => format!(
             "{head} at no count measured; {} talkers: {:.0} ms ({:.1}×)",
             b.talkers,
@@ -467,6 +477,10 @@ mod tests {
         let line = capacity(&runs).unwrap();
         assert!(line.contains("up to 4 talkers"), "{line}");
         assert!(line.contains("8 talkers: 3900 ms (3.9×)"), "{line}");
+        let only_one = [load(1, 1000.0, 1100.0), load(8, 2500.0, 3900.0)];
+        assert!(capacity(&only_one)
+            .unwrap()
+            .contains("up to 1 talker; 8 talkers"));
         let all_fine = [load(1, 1000.0, 1100.0), load(2, 1000.0, 1500.0)];
         assert!(capacity(&all_fine)
             .unwrap()
