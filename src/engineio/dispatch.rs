@@ -283,13 +283,7 @@ fn polling_open(
         .drain_payload(shared.config.max_payload);
     let addr = PollingSession::new(shared.clone(), core).start();
     shared.registry.insert(sid, Route::Polling(addr));
-    let body = super::packet::encode_payload(&frames);
-    shared.config.observer.sent(
-        TransportKind::Polling,
-        frames.len() as u64,
-        body.len() as u64,
-    );
-    Ok(payload_response(body))
+    Ok(payload_response(shared.polling_payload(&frames)))
 }
 
 pub(crate) fn payload_response(body: bytes::Bytes) -> HttpResponse {

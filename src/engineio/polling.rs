@@ -142,12 +142,7 @@ impl PollingSession {
                 return false;
             }
         }
-        let body = packet::encode_payload(&frames);
-        self.shared.config.observer.sent(
-            TransportKind::Polling,
-            frames.len() as u64,
-            body.len() as u64,
-        );
+        let body = self.shared.polling_payload(&frames);
         if reply.send(PollReply::Payload(body)).is_err() {
             // The client went away between the check and now: keep its packets for the next poll.
             frames.retain(|f| *f != OutFrame::CLOSE && *f != OutFrame::NOOP);

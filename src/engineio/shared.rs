@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use actix::{Actor, Addr, AsyncContext, Context, Recipient, SpawnHandle};
+use bytes::Bytes;
 
 use super::outbox::SessionHandle;
+use super::packet::{self, OutFrame};
 use super::polling::PollingSession;
 use super::session::{Event, Session};
 use super::sid::Sid;
@@ -24,6 +26,19 @@ pub(crate) struct EngineShared {
     pub(crate) registry: Registry,
     /// Set when the server drains for a shutdown: new handshakes are refused.
     pub(crate) draining: AtomicBool,
+}
+
+impl EngineShared {
+    /// `frames` as the body of one answered poll, told to the observer as sent.
+    pub(crate) fn polling_payload(&self, frames: &[OutFrame]) -> Bytes {
+        let body = packet::encode_payload(frames);
+        self.config.observer.sent(
+            TransportKind::Polling,
+            frames.len() as u64,
+            body.len() as u64,
+        );
+        body
+    }
 }
 
 /// Where a session's requests go.
