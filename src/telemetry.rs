@@ -146,8 +146,11 @@ struct EngineMetrics {
     pub upgrades: Counter,
 }
 
+/// The transports, in the order of the per-transport arrays ([`index`]).
+const TRANSPORTS: [TransportKind; 2] = [TransportKind::Polling, TransportKind::WebSocket];
+
 fn by_transport<T>(f: impl Fn(&'static str) -> T) -> [T; 2] {
-    [f("polling"), f("websocket")]
+    TRANSPORTS.map(|t| f(t.as_str()))
 }
 
 static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetrics {
@@ -168,6 +171,7 @@ static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetrics {
     upgrades: counter!("voxio_engine_upgrades_total"),
 });
 
+/// Where `transport` is in [`TRANSPORTS`].
 fn index(transport: TransportKind) -> usize {
     match transport {
         TransportKind::Polling => 0,
@@ -284,4 +288,16 @@ pub fn cluster_message(direction: &'static str) {
 /// Marks the node draining.
 pub fn shutting_down() {
     gauge!("voxio_shutting_down").set(1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_follows_the_order_of_the_arrays() {
+        for (i, t) in TRANSPORTS.into_iter().enumerate() {
+            assert_eq!(index(t), i, "{}", t.as_str());
+        }
+    }
 }
