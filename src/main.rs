@@ -7,6 +7,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use voxio::config::{Cli, Command};
 use voxio::protocol_test;
+use voxio::server::{serve, Listen};
 use voxio::web::Voxio;
 
 #[actix_web::main]
@@ -43,11 +44,18 @@ async fn main() -> std::io::Result<()> {
         }
         Some(Command::ProtocolTest { port }) => {
             let endpoints = std::sync::Arc::new(protocol_test::ProtocolTest::new());
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let server =
-                HttpServer::new(move || App::new().configure(endpoints.configure())).bind(addr)?;
+            let listen = Listen::new(SocketAddr::from(([127, 0, 0, 1], port)));
+            let upgrades = endpoints.upgrades();
+            let (server, addr) = serve(&listen, upgrades, move || {
+                App::new().configure(endpoints.configure())
+            })?;
             tracing::info!("protocol test server on http://{addr}: /engine.io/ and /socket.io/");
-            server.run().await
+            let handle = server.handle();
+            actix_rt::spawn(async move {
+                shutdown_signal().await;
+                handle.stop(true).await;
+            });
+            server.await
         }
         None => {
             let args = cli.server;
@@ -59,21 +67,6 @@ async fn main() -> std::io::Result<()> {
                 }
             };
             let voxio = startup.voxio;
-            let app = voxio.clone();
-            // Signals are voxio's own: a shutdown drains the sessions first (see
-            // `Voxio::drain`), and only then stops the HTTP server.
-            let mut server = HttpServer::new(move || {
-                App::new()
-                    .wrap(app.sessions())
-                    .wrap(voxio::web::security_headers())
-                    .configure(app.configure())
-            })
-            .on_connect(no_delay)
-            .disable_signals()
-            .shutdown_timeout(2);
-            if args.workers > 0 {
-                server = server.workers(args.workers);
-            }
             let tls = match tls_config(&args) {
                 Ok(tls) => tls,
                 Err(e) => {
@@ -82,10 +75,20 @@ async fn main() -> std::io::Result<()> {
                 }
             };
             let secure = tls.is_some();
-            let server = match tls {
-                Some(config) => server.bind_rustls_0_23(args.bind, config)?,
-                None => server.bind(args.bind)?,
+            let app = voxio.clone();
+            // Signals are voxio's own: a shutdown drains the sessions first (see
+            // `Voxio::drain`), and only then stops the HTTP server.
+            let listen = Listen {
+                workers: args.workers,
+                tls,
+                ..Listen::new(args.bind)
             };
+            let (server, _) = serve(&listen, voxio.upgrades(), move || {
+                App::new()
+                    .wrap(app.sessions())
+                    .wrap(voxio::web::security_headers())
+                    .configure(app.configure())
+            })?;
             let store = if args.redis_url.is_some() {
                 "Redis"
             } else {
@@ -117,7 +120,6 @@ async fn main() -> std::io::Result<()> {
                     Some(handle)
                 }
             };
-            let server = server.run();
             let handle = server.handle();
             let grace = std::time::Duration::from_millis(args.shutdown_grace_ms);
             actix_rt::spawn(async move {
@@ -196,17 +198,6 @@ fn healthcheck(bind: SocketAddr, timeout: std::time::Duration, tls: bool) -> std
             "answered {:?}",
             line.lines().next().unwrap_or("")
         )))
-    }
-}
-
-/// Turns Nagle's algorithm off on every accepted connection: an ack or an event is a small
-/// write that must leave at once, not wait for the peer's ACK of the previous one (with Nagle
-/// on, a reply split over two writes waited up to one audio chunk period, 20 ms).
-fn no_delay(connection: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {
-    if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY not set: {e}");
-        }
     }
 }
 

@@ -161,6 +161,13 @@ impl ProtocolTest {
         }
     }
 
+    /// Where their WebSockets go (see [`crate::server`]).
+    pub fn upgrades(&self) -> crate::server::Upgrades {
+        crate::server::Upgrades::default()
+            .route("/engine.io/", self.echo.clone())
+            .route("/socket.io/", self.socketio.clone())
+    }
+
     /// Mounts both endpoints on an app.
     pub fn configure(&self) -> impl FnOnce(&mut ServiceConfig) + '_ {
         move |cfg| {

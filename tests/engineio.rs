@@ -386,6 +386,65 @@ async fn websocket_oversized_frame_is_refused_at_its_header() {
     server.wait_sessions(0).await;
 }
 
+/// A client that sends its first frames in the same write as the upgrade request (no wait for
+/// the 101): what the HTTP layer read past the request is handed over with the socket and
+/// read first, and the reply comes without anything more from the client.
+#[actix_rt::test]
+async fn frames_sent_with_the_upgrade_request_are_read() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::echo(fast());
+    let mut request = format!(
+        "GET /engine.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    // Two masked text frames (a zero mask leaves the payload as it is).
+    for text in ["4early", "4bird"] {
+        request.extend([0x81, 0x80 | text.len() as u8, 0, 0, 0, 0]);
+        request.extend(text.as_bytes());
+    }
+    let mut stream = raw_connect(server.addr, &request).await;
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let echoed = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got);
+        text.contains("4early") && text.contains("4bird")
+    };
+    while !echoed(&got) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut buf = [0u8; 4096];
+        match actix_rt::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text:?}");
+    assert!(echoed(&got), "no echo of the early frames: {text:?}");
+}
+
+/// actix-http hands every request that asks for a WebSocket to the upgrade hook, whatever its
+/// path: one for a path with no engine is answered 404, and the connection ends.
+#[actix_rt::test]
+async fn a_websocket_for_a_path_without_an_engine_is_not_found() {
+    let server = TestServer::echo(fast());
+    let request = format!(
+        "GET /elsewhere HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    let mut stream = raw_connect(server.addr, request.as_bytes()).await;
+    let (status, text) = raw_response(&mut stream, Duration::from_secs(3)).await;
+    assert_eq!(status, 404, "{text:?}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text:?}"
+    );
+}
+
 #[actix_rt::test]
 async fn websocket_fragments_are_bounded() {
     let server = TestServer::echo(EngineConfig {
@@ -396,22 +455,22 @@ async fn websocket_fragments_are_bounded() {
     let mut conn = ws_connect(&server.ws_url("transport=websocket")).await;
     ws_text(&mut conn).await;
     for item in [
-        actix_ws::Item::FirstText(Bytes::from_static(b"4fr")),
-        actix_ws::Item::Continue(Bytes::from_static(b"ag")),
-        actix_ws::Item::Last(Bytes::from_static(b"ment")),
+        actix_http::ws::Item::FirstText(Bytes::from_static(b"4fr")),
+        actix_http::ws::Item::Continue(Bytes::from_static(b"ag")),
+        actix_http::ws::Item::Last(Bytes::from_static(b"ment")),
     ] {
         conn.send(ws::Message::Continuation(item)).await.unwrap();
     }
     assert_eq!(ws_text(&mut conn).await, "4fragment");
     // A flood of tiny fragments: closed with 1009.
-    conn.send(ws::Message::Continuation(actix_ws::Item::FirstText(
+    conn.send(ws::Message::Continuation(actix_http::ws::Item::FirstText(
         Bytes::from_static(b"4"),
     )))
     .await
     .unwrap();
     for _ in 0..10 {
         if conn
-            .send(ws::Message::Continuation(actix_ws::Item::Continue(
+            .send(ws::Message::Continuation(actix_http::ws::Item::Continue(
                 Bytes::from_static(b"x"),
             )))
             .await

@@ -347,14 +347,14 @@ async fn advisory_binary_header_without_attachments() {
 async fn advisory_ws_tiny_fragment_flood() {
     let server = server();
     let mut conn = joined(&server).await;
-    conn.send(ws::Message::Continuation(actix_ws::Item::FirstText(
+    conn.send(ws::Message::Continuation(actix_http::ws::Item::FirstText(
         Bytes::from_static(b"4"),
     )))
     .await
     .unwrap();
     for _ in 0..1000 {
         if conn
-            .send(ws::Message::Continuation(actix_ws::Item::Continue(
+            .send(ws::Message::Continuation(actix_http::ws::Item::Continue(
                 Bytes::from_static(b"2"),
             )))
             .await

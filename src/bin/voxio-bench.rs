@@ -166,14 +166,40 @@ async fn connect(common: &Common) -> Result<Ws, String> {
     } else {
         expect(&mut ws, |t| t.starts_with('0')).await?;
     }
-    ws.send(Message::text(format!(
-        r#"40/voice,{{"pin":"{}"}}"#,
-        common.pin
-    )))
-    .await
-    .map_err(|e| e.to_string())?;
-    expect(&mut ws, |t| t.starts_with("40/voice,")).await?;
-    Ok(ws)
+    // The server lets one PIN attempt per client address be in flight at a time, and every
+    // client here comes from one address: a refusal with `rate_limited` is waited out and the
+    // CONNECT sent again, as a client application would.
+    let mut attempts = 0;
+    loop {
+        ws.send(Message::text(format!(
+            r#"40/voice,{{"pin":"{}"}}"#,
+            common.pin
+        )))
+        .await
+        .map_err(|e| e.to_string())?;
+        match expect(&mut ws, |t| t.starts_with("40/voice,")).await {
+            Ok(()) => return Ok(ws),
+            Err(refused) if refused.contains("\"rate_limited\"") && attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(retry_after_ms(&refused))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The wait a `rate_limited` refusal asks for (its `retryAfterMs`), at least 10 ms.
+fn retry_after_ms(refusal: &str) -> u64 {
+    let key = "\"retryAfterMs\":";
+    refusal
+        .find(key)
+        .map(|at| &refusal[at + key.len()..])
+        .and_then(|rest| {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            rest[..digits].parse().ok()
+        })
+        .unwrap_or(500)
+        .max(10)
 }
 
 async fn expect(ws: &mut Ws, want: impl Fn(&str) -> bool) -> Result<(), String> {

@@ -5,21 +5,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::net::SocketAddr;
+
 use actix::{Actor, Addr};
-use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_codec::Framed;
+use actix_http::body::BodySize;
+use actix_http::{h1, ConnectionType, HttpMessage};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse, Resource};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
-use super::frame_guard::Guarded;
 use super::outbox::{Outbox, SessionHandle};
 use super::polling::{Poll, PollReply, PollingSession, PostData, PostStart};
 use super::session::Session;
 use super::shared::{EngineShared, Registry, Route, SessionCore};
 use super::sid::Sid;
-use super::websocket::WsConnection;
+use super::websocket::{WsConnection, WsSocket, WsStream};
 use super::{EngineConfig, EngineError, EngineHandler, Handshake, TransportKind};
 
 /// An Engine.IO server: configuration, the layer above, and the sessions it holds.
@@ -79,7 +83,41 @@ impl Engine {
         self.shared.registry.handles()
     }
 
-    /// An actix-web resource serving the protocol at `path` (for example `/socket.io/`).
+    /// Takes over a connection whose request asks for a WebSocket (actix-http's upgrade hook
+    /// hands it over; see [`crate::server`]): checks it as the resource checks a request,
+    /// answers `101`, and starts the connection's actor, which owns the stream from then on.
+    /// A request that fails the checks gets the same HTTP error the resource gives, and the
+    /// connection ends.
+    pub async fn websocket<T: WsStream>(
+        &self,
+        req: actix_http::Request,
+        framed: Framed<T, h1::Codec>,
+    ) {
+        use futures_util::SinkExt;
+        let (response, start) = match websocket_start(&self.shared, &req) {
+            Ok(started) => started,
+            Err(error) => return refuse_upgrade(framed, error.response()).await,
+        };
+        let mut framed = framed;
+        // If the client is gone already, the actor finds its socket closed and ends the
+        // session the usual way.
+        let _ = framed
+            .send(h1::Message::Item((response, BodySize::None)))
+            .await;
+        let parts = framed.into_parts();
+        let socket = WsSocket::new(parts.io, parts.read_buf);
+        let shared = self.shared.clone();
+        match start {
+            WsStart::Open(core) => WsConnection::start_open(shared, socket, core),
+            WsStart::Probe(polling) => WsConnection::start_probe(shared, socket, polling),
+            WsStart::Reject => WsConnection::start_rejected(shared, socket),
+        }
+    }
+
+    /// An actix-web resource serving the protocol at `path` (for example `/socket.io/`): the
+    /// polling transport and the handshake. WebSocket requests do not reach it when the server
+    /// is built with [`crate::server`], which hands them to [`Engine::websocket`]; one that does
+    /// is refused (400).
     pub fn resource(&self, path: &str) -> Resource {
         let shared = self.shared.clone();
         web::resource(path).to(move |req: HttpRequest, body: web::Payload| {
@@ -140,14 +178,31 @@ impl<'a> Query<'a> {
     }
 }
 
-/// Parses a request into what it asks for, checks it, and hands it to the right driver.
-async fn dispatch(
-    shared: &Arc<EngineShared>,
-    req: &HttpRequest,
-    body: web::Payload,
-) -> Result<HttpResponse, EngineError> {
-    let config = &shared.config;
-    let query = Query::parse(req.query_string());
+/// What the engine reads of a request: from actix-web's request on the polling path, from
+/// actix-http's at an upgrade.
+struct Incoming<'a> {
+    headers: &'a HeaderMap,
+    query: &'a str,
+    peer: Option<SocketAddr>,
+}
+
+impl<'a> Incoming<'a> {
+    fn of(req: &'a HttpRequest) -> Incoming<'a> {
+        Incoming {
+            headers: req.headers(),
+            query: req.query_string(),
+            peer: req.peer_addr(),
+        }
+    }
+}
+
+/// The checks every request passes, on either transport: the transport, the protocol
+/// version, the origin, the sid's form.
+fn check(
+    config: &EngineConfig,
+    incoming: &Incoming<'_>,
+) -> Result<(TransportKind, Option<Sid>), EngineError> {
+    let query = Query::parse(incoming.query);
     let transport = match query.transport {
         Some("polling") if config.transports.polling => TransportKind::Polling,
         Some("websocket") if config.transports.websocket => TransportKind::WebSocket,
@@ -156,25 +211,31 @@ async fn dispatch(
     if query.eio != Some("4") {
         return Err(EngineError::UnsupportedProtocolVersion);
     }
-    if !config.origins.allows(req.headers()) {
+    if !config.origins.allows(incoming.headers) {
         return Err(EngineError::Forbidden);
     }
     let sid = match query.sid {
         None => None,
         Some(text) => Some(Sid::parse(text).ok_or(EngineError::UnknownSid)?),
     };
-    let wants_websocket = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    Ok((transport, sid))
+}
 
+/// Parses a request into what it asks for, checks it, and hands it to the polling driver.
+async fn dispatch(
+    shared: &Arc<EngineShared>,
+    req: &HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, EngineError> {
+    let incoming = Incoming::of(req);
+    let (transport, sid) = check(&shared.config, &incoming)?;
     match (transport, sid) {
-        (TransportKind::WebSocket, _) if !wants_websocket => Err(EngineError::BadRequest),
-        (TransportKind::WebSocket, None) => websocket_open(shared, req, body),
-        (TransportKind::WebSocket, Some(sid)) => websocket_upgrade(shared, req, body, sid),
+        // A WebSocket is taken over before the HTTP dispatch (`Engine::websocket`).
+        (TransportKind::WebSocket, _) => Err(EngineError::BadRequest),
         (TransportKind::Polling, _) if req.method() == Method::OPTIONS => Ok(preflight()),
-        (TransportKind::Polling, None) if req.method() == Method::GET => polling_open(shared, req),
+        (TransportKind::Polling, None) if req.method() == Method::GET => {
+            polling_open(shared, &incoming)
+        }
         (TransportKind::Polling, None) => Err(EngineError::BadHandshakeMethod),
         (TransportKind::Polling, Some(sid)) => {
             let Some(route) = shared.registry.get(sid) else {
@@ -201,18 +262,23 @@ fn preflight() -> HttpResponse {
         .finish()
 }
 
-fn handshake(req: &HttpRequest, transport: TransportKind, keep: &[HeaderName]) -> Handshake {
+fn handshake(incoming: &Incoming<'_>, transport: TransportKind, keep: &[HeaderName]) -> Handshake {
     // Only the headers the layer above reads, in a map sized to them: a session lives long,
     // and the request's own map is sized for parsing (a clone kept ~6.5 KiB per connection).
-    let kept = || req.headers().iter().filter(|(name, _)| keep.contains(name));
-    let mut headers = actix_web::http::header::HeaderMap::with_capacity(kept().count());
+    let kept = || {
+        incoming
+            .headers
+            .iter()
+            .filter(|(name, _)| keep.contains(name))
+    };
+    let mut headers = HeaderMap::with_capacity(kept().count());
     for (name, value) in kept() {
         headers.append(name.clone(), value.clone());
     }
     Handshake {
         headers,
-        peer: req.peer_addr(),
-        query: req.query_string().to_owned(),
+        peer: incoming.peer,
+        query: incoming.query.to_owned(),
         transport,
     }
 }
@@ -221,7 +287,7 @@ fn handshake(req: &HttpRequest, transport: TransportKind, keep: &[HeaderName]) -
 /// per-session handler.
 fn open_session(
     shared: &Arc<EngineShared>,
-    req: &HttpRequest,
+    incoming: &Incoming<'_>,
     transport: TransportKind,
 ) -> Result<SessionCore, EngineError> {
     if shared.draining.load(Ordering::Acquire) {
@@ -235,7 +301,7 @@ fn open_session(
     ));
     // Who the client is matters only when sessions per client are capped.
     let client = (shared.config.max_sessions_per_client > 0)
-        .then(|| (shared.config.client_of.0)(req.peer_addr().map(|a| a.ip()), req.headers()))
+        .then(|| (shared.config.client_of.0)(incoming.peer.map(|a| a.ip()), incoming.headers))
         .flatten();
     let slot = shared
         .registry
@@ -260,7 +326,7 @@ fn open_session(
     );
     let handler = shared.handler.on_open(
         SessionHandle::new(sid, outbox),
-        &handshake(req, transport, &shared.config.handshake_headers),
+        &handshake(incoming, transport, &shared.config.handshake_headers),
     );
     Ok(SessionCore {
         machine,
@@ -271,9 +337,9 @@ fn open_session(
 
 fn polling_open(
     shared: &Arc<EngineShared>,
-    req: &HttpRequest,
+    incoming: &Incoming<'_>,
 ) -> Result<HttpResponse, EngineError> {
-    let core = open_session(shared, req, TransportKind::Polling)?;
+    let core = open_session(shared, incoming, TransportKind::Polling)?;
     let sid = core.machine.sid();
     // The handshake answer is the first poll: the open packet and whatever the layer above
     // queued on open.
@@ -347,50 +413,63 @@ async fn post(
         .body("ok"))
 }
 
-/// The WebSocket handshake, on a payload whose frames are refused as soon as a header declares
-/// more than `max_payload` (actix-ws would buffer such a frame whole first).
-fn websocket_handshake(
-    shared: &Arc<EngineShared>,
-    req: &HttpRequest,
-    body: web::Payload,
-) -> Result<(HttpResponse, actix_ws::Session, actix_ws::MessageStream), EngineError> {
-    use actix_web::FromRequest;
-    use futures_util::FutureExt;
-    type Boxed = std::pin::Pin<
-        Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, actix_web::error::PayloadError>>>,
-    >;
-    let guarded: Boxed = Box::pin(Guarded::new(body.into_inner(), shared.config.max_payload));
-    let mut payload = actix_web::dev::Payload::from(guarded);
-    let body = web::Payload::from_request(req, &mut payload)
-        .now_or_never()
-        .and_then(Result::ok)
-        .ok_or(EngineError::BadRequest)?;
-    actix_ws::handle(req, body).map_err(|_| EngineError::BadRequest)
+/// How a WebSocket that passed the checks starts. It lives for one call and moves into the
+/// connection's actor, which holds the core inline (boxing it here would cost an allocation
+/// per connection for nothing).
+#[allow(clippy::large_enum_variant)]
+enum WsStart {
+    /// A new session, opened directly over WebSocket.
+    Open(SessionCore),
+    /// A probe for the upgrade of this polling session.
+    Probe(Addr<PollingSession>),
+    /// A second WebSocket for a session already on one: accepted, then closed at once.
+    Reject,
 }
 
-fn websocket_open(
+/// Checks an upgrade request and prepares what it starts: the `101` to send and the
+/// connection's mode. Nothing is sent yet, so a refusal is still an HTTP answer.
+fn websocket_start(
     shared: &Arc<EngineShared>,
-    req: &HttpRequest,
-    body: web::Payload,
-) -> Result<HttpResponse, EngineError> {
-    let (response, ws, stream) = websocket_handshake(shared, req, body)?;
-    let core = open_session(shared, req, TransportKind::WebSocket)?;
-    WsConnection::start_open(shared.clone(), ws, stream, core);
-    Ok(response)
-}
-
-fn websocket_upgrade(
-    shared: &Arc<EngineShared>,
-    req: &HttpRequest,
-    body: web::Payload,
-    sid: Sid,
-) -> Result<HttpResponse, EngineError> {
-    let route = shared.registry.get(sid).ok_or(EngineError::UnknownSid)?;
-    let (response, ws, stream) = websocket_handshake(shared, req, body)?;
-    match route {
-        Route::Polling(polling) => WsConnection::start_probe(shared.clone(), ws, stream, polling),
-        // A second WebSocket for a session already on one: accepted, then closed at once.
-        Route::WebSocket(_) => WsConnection::start_rejected(shared.clone(), ws, stream),
+    req: &actix_http::Request,
+) -> Result<(actix_http::Response<()>, WsStart), EngineError> {
+    let incoming = Incoming {
+        headers: req.headers(),
+        query: req.uri().query().unwrap_or(""),
+        peer: req.peer_addr(),
+    };
+    let (transport, sid) = check(&shared.config, &incoming)?;
+    if transport != TransportKind::WebSocket {
+        return Err(EngineError::BadRequest);
     }
-    Ok(response)
+    let route = match sid {
+        Some(sid) => Some(shared.registry.get(sid).ok_or(EngineError::UnknownSid)?),
+        None => None,
+    };
+    let response = actix_http::ws::handshake(req.head())
+        .map_err(|_| EngineError::BadRequest)?
+        .finish()
+        .drop_body();
+    let start = match route {
+        None => WsStart::Open(open_session(shared, &incoming, TransportKind::WebSocket)?),
+        Some(Route::Polling(polling)) => WsStart::Probe(polling),
+        Some(Route::WebSocket(_)) => WsStart::Reject,
+    };
+    Ok((response, start))
+}
+
+/// Writes an HTTP answer on a connection taken over for an upgrade, and ends it.
+pub(crate) async fn refuse_upgrade<T: WsStream>(
+    mut framed: Framed<T, h1::Codec>,
+    response: HttpResponse,
+) {
+    use futures_util::SinkExt;
+    let (mut head, body) = actix_http::Response::from(response).into_parts();
+    let body = actix_http::body::to_bytes(body).await.unwrap_or_default();
+    head.head_mut().set_connection_type(ConnectionType::Close);
+    let size = BodySize::Sized(body.len() as u64);
+    // A client that went away meanwhile needs no answer.
+    if framed.send(h1::Message::Item((head, size))).await.is_ok() {
+        let _ = framed.send(h1::Message::Chunk(Some(body))).await;
+        let _ = framed.send(h1::Message::Chunk(None)).await;
+    }
 }

@@ -1,19 +1,17 @@
 //! A bound on incoming WebSocket frames that holds before their payload arrives.
 //!
-//! actix-ws buffers a whole frame before its codec looks at the frame's declared length, so a
-//! client declaring a 400 MiB frame and sending it slowly made the server buffer all of it
-//! before refusing it (measured: +200 MiB of RSS for 200 MiB sent). This guard sits between
-//! the request's payload and actix-ws: it follows the frame headers in the byte stream (2 to
-//! 14 bytes each; it never copies payload) and ends the stream with
-//! [`PayloadError::Overflow`] as soon as a header declares more than the limit. The
-//! connection then closes with 1009 (message too big), having buffered at most one header.
+//! actix-http's WebSocket codec compares a frame's declared length with its limit only once the
+//! whole frame is buffered, so a client declaring a 400 MiB frame and sending it slowly made
+//! the server buffer all of it before refusing it (measured: +200 MiB of RSS for 200 MiB sent).
+//! This guard sits between the socket and the codec: it follows the frame headers in the byte
+//! stream (2 to 14 bytes each; it never copies payload) and ends the reading with an error as
+//! soon as a header declares more than the limit. The connection then closes with 1009
+//! (message too big), having buffered at most one read.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
-use actix_web::error::PayloadError;
-use bytes::Bytes;
-use futures_util::Stream;
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Where the guard is in the stream of frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,51 +116,51 @@ impl FrameGuard {
     }
 }
 
-/// A payload stream with a [`FrameGuard`] on it.
-pub(crate) struct Guarded<S> {
-    inner: S,
+/// A socket's read half with a [`FrameGuard`] on it: the bytes it reads are followed, and a
+/// header over the limit ends the reading with an error that [`is_refusal`] recognises.
+pub(crate) struct GuardedRead<R> {
+    inner: R,
     guard: FrameGuard,
 }
 
-impl<S> Guarded<S> {
+impl<R> GuardedRead<R> {
     /// `inner`, refusing frames over `max` bytes.
-    pub(crate) fn new(inner: S, max: usize) -> Guarded<S> {
-        Guarded {
+    pub(crate) fn new(inner: R, max: usize) -> GuardedRead<R> {
+        GuardedRead {
             inner,
             guard: FrameGuard::new(max),
         }
     }
 }
 
-impl<S> Stream for Guarded<S>
-where
-    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
-{
-    type Item = Result<Bytes, PayloadError>;
+/// The error a refused frame ends the reading with.
+#[derive(Debug, thiserror::Error)]
+#[error("a WebSocket frame longer than the payload limit")]
+struct Refused;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+impl<R: AsyncRead + Unpin> AsyncRead for GuardedRead<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         if this.guard.refused {
-            return Poll::Ready(None);
+            return Poll::Ready(Err(std::io::Error::other(Refused)));
         }
-        match Pin::new(&mut this.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(bytes))) => {
-                if this.guard.check(&bytes) {
-                    Poll::Ready(Some(Ok(bytes)))
-                } else {
-                    Poll::Ready(Some(Err(PayloadError::Overflow)))
-                }
-            }
-            other => other,
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if this.guard.check(&buf.filled()[before..]) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Ready(Err(std::io::Error::other(Refused)))
         }
     }
 }
 
 /// Whether an error from the WebSocket stream is this guard's refusal.
 pub(crate) fn is_refusal(e: &std::io::Error) -> bool {
-    e.get_ref()
-        .and_then(|e| e.downcast_ref::<PayloadError>())
-        .is_some_and(|e| matches!(e, PayloadError::Overflow))
+    e.get_ref().is_some_and(|e| e.is::<Refused>())
 }
 
 #[cfg(test)]

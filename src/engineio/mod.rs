@@ -10,11 +10,14 @@
 //!   and handler, which moves at an upgrade) and the heartbeat timer;
 //! - the drivers: a polling session actor (`polling`, reachable from every worker through the
 //!   registry) and a WebSocket connection actor (`websocket`, on the worker that accepted the
-//!   socket; after an upgrade the session's state moves into it, so frames are handled without a
-//!   thread hop). Neither imports the HTTP dispatch; the polling actor does not know the
+//!   socket, owning the socket's two halves: it reads frames and writes its own buffer, with no
+//!   channel in between; after an upgrade the session's state moves into it, so frames are
+//!   handled without a thread hop). Neither imports the HTTP dispatch; the polling actor does not know the
 //!   WebSocket actor's type;
 //! - `upgrade`: the handshake between the two drivers, as messages;
-//! - [`Engine`] (`dispatch`): the HTTP entry point that parses a request and dispatches it.
+//! - [`Engine`] (`dispatch`): the HTTP entry point that parses a request and dispatches it, and
+//!   takes over the connection of a WebSocket request ([`Engine::websocket`], reached through
+//!   actix-http's upgrade hook: [`crate::server`]).
 //!
 //! The layer above (Socket.IO, or the echo server of `voxio protocol-test`) plugs in through
 //! [`EngineHandler`] and [`SessionHandler`]; the application's metrics through an
@@ -42,11 +45,13 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 pub use config::{ClientOf, EngineConfig, OriginPolicy, Transports};
+pub(crate) use dispatch::refuse_upgrade;
 pub use dispatch::Engine;
 pub use error::EngineError;
 pub use observer::{EngineObserver, Observer, Unobserved};
 pub use outbox::{MessageFrame, SendError, SessionHandle};
 pub use sid::Sid;
+pub use websocket::{ReadHalf, WriteHalf, WsStream};
 
 /// The transport a session is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -13,11 +13,12 @@
 //! accepted.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use super::packet::OutFrame;
 use super::sid::Sid;
@@ -47,7 +48,9 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     state: Mutex<State>,
-    wake: Notify,
+    /// The one drainer's waker, and whether something changed since it last looked.
+    waker: AtomicWaker,
+    changed: AtomicBool,
     capacity: usize,
     max_bytes: usize,
     volatile_dropped: AtomicU64,
@@ -59,7 +62,8 @@ impl Outbox {
     pub(crate) fn new(capacity: usize, max_bytes: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
+            changed: AtomicBool::new(false),
             capacity: capacity.max(1),
             max_bytes,
             volatile_dropped: AtomicU64::new(0),
@@ -107,7 +111,7 @@ impl Outbox {
             state.bytes += bytes;
         }
         drop(state);
-        self.wake.notify_one();
+        self.wake();
         admitted
     }
 
@@ -126,7 +130,7 @@ impl Outbox {
             state.bytes += bytes;
         }
         drop(state);
-        self.wake.notify_one();
+        self.wake();
         admitted
     }
 
@@ -137,7 +141,7 @@ impl Outbox {
             state.bytes += frame.payload_len();
             state.frames.push_back(frame);
             drop(state);
-            self.wake.notify_one();
+            self.wake();
         }
     }
 
@@ -149,7 +153,7 @@ impl Outbox {
             state.closing = Some(reason);
         }
         drop(state);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// The reason the session is closing, if it is.
@@ -198,9 +202,27 @@ impl Outbox {
         self.lock().frames.is_empty()
     }
 
+    fn wake(&self) {
+        self.changed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once a push or a close happened since the last time it was ready (at once if
+    /// one did). One drainer at a time: a later caller's waker replaces the earlier one's.
+    pub(crate) fn poll_changed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.changed.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.changed.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
     /// Resolves after the next push or close (at once if one happened since the last wait).
     pub(crate) async fn changed(&self) {
-        self.wake.notified().await
+        std::future::poll_fn(|cx| self.poll_changed(cx)).await
     }
 
     pub(crate) fn volatile_dropped(&self) -> u64 {

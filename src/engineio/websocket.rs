@@ -1,4 +1,11 @@
-//! The WebSocket driver: one actor per WebSocket connection, on the worker that accepted it.
+//! The WebSocket driver: one actor per WebSocket connection, on the worker that accepted it,
+//! owning its socket.
+//!
+//! At the upgrade the HTTP dispatcher hands the connection over (see [`crate::server`]); the
+//! actor then holds both halves of the stream: it reads frames as a stream of its own (a
+//! [`FramedRead`] with the WebSocket codec, behind the [`GuardedRead`] frame-size guard) and
+//! writes into a buffer of its own, which one pump writes to the socket. No channel, no other
+//! task and no HTTP buffer stands between the socket and the actor in either direction.
 //!
 //! A connection is in one of three modes:
 //! - **open**: it carries a session (opened directly over WebSocket, or handed over by the
@@ -8,29 +15,82 @@
 //!   (`2probe` → `3probe`, then `5`), torn down if that takes longer than `upgrade_timeout`;
 //! - **rejected**: a second WebSocket for a session that already has one: closed at once.
 //!
-//! Writing: one writer future per connection drains the session's outbox into the socket, so
-//! packets leave in the order they were queued. Every close, whoever starts it, goes through the
-//! outbox: the writer flushes what is queued, the actor then sends the close frame (and no
-//! Engine.IO close packet: clients reconnect after a bare close frame) and stops.
+//! Writing: the pump drains the session's outbox into the write buffer (encoded frames, in the
+//! order they were queued), writes the whole batch at once, and takes the next batch only
+//! when the socket has taken all of it: a client that stops reading fills its session's
+//! bounded outbox, not the server's memory. Every close, whoever starts it, goes through the
+//! outbox: the pump writes what is queued, then the close frame (and no Engine.IO close
+//! packet: clients reconnect after a bare close frame), and the actor stops.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{self, Poll, Waker};
 use std::time::Instant;
 
+use actix::fut::ActorFuture;
 use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, ContextFutureSpawner,
     Handler, StreamHandler, WrapFuture,
 };
-use actix_ws::{CloseCode, Item, Message, MessageStream, ProtocolError};
-use bytes::{Bytes, BytesMut};
+use actix_http::ws::{CloseCode, Codec, Frame, Item, Message, ProtocolError};
+use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio_util::codec::{Encoder, FramedRead};
 
-use super::frame_guard;
-use super::outbox::Outbox;
+use super::frame_guard::{self, GuardedRead};
 use super::packet::{OutFrame, Packet};
 use super::polling::PollingSession;
 use super::shared::{EngineShared, Route, SessionCore, Timer};
 use super::upgrade::{SessionGone, UpgradeAbort, UpgradeComplete, UpgradeProbed, UpgradeStart};
-use super::{CloseReason, Observer, TransportKind};
+use super::{CloseReason, TransportKind};
+
+/// A byte stream a WebSocket can run on, split into the two halves its actor owns.
+///
+/// Implemented for a plain TCP stream (split without a lock); a TLS stream, or any other,
+/// implements it with the default, `tokio::io::split`.
+pub trait WsStream: AsyncRead + AsyncWrite + Unpin + Sized + 'static {
+    /// The read half and the write half.
+    fn into_halves(self) -> (ReadHalf, WriteHalf) {
+        let (read, write) = tokio::io::split(self);
+        (Box::new(read), Box::new(write))
+    }
+}
+
+/// The read half of a WebSocket's stream.
+pub type ReadHalf = Box<dyn AsyncRead + Unpin>;
+/// The write half of a WebSocket's stream.
+pub type WriteHalf = Box<dyn AsyncWrite + Unpin>;
+
+impl WsStream for tokio::net::TcpStream {
+    fn into_halves(self) -> (ReadHalf, WriteHalf) {
+        let (read, write) = self.into_split();
+        (Box::new(read), Box::new(write))
+    }
+}
+
+/// Bytes a connection's read buffer starts with: a few audio chunks' frames; it grows for
+/// larger messages.
+const READ_BUFFER: usize = 2048;
+
+/// A write buffer that grew past this (a burst of large messages) is let go once written, so
+/// an idle connection does not keep it.
+const KEEP_WRITE_BUFFER: usize = 64 * 1024;
+
+/// A WebSocket's stream, taken over at the upgrade: both halves and what the HTTP layer had
+/// already read past the request (the client's first frames, if it did not wait for the 101).
+pub(crate) struct WsSocket {
+    read: ReadHalf,
+    write: WriteHalf,
+    early: BytesMut,
+}
+
+impl WsSocket {
+    pub(crate) fn new<T: WsStream>(io: T, early: BytesMut) -> WsSocket {
+        let (read, write) = io.into_halves();
+        WsSocket { read, write, early }
+    }
+}
 
 /// What the connection is doing. It lives inside its actor for the connection's life, so the
 /// open session is held inline: boxing it would add an allocation and an indirection on
@@ -49,45 +109,69 @@ enum Mode {
 /// One WebSocket connection.
 pub(crate) struct WsConnection {
     shared: Arc<EngineShared>,
-    ws: actix_ws::Session,
     mode: Mode,
     timer: Timer,
     fragments: Fragments,
+    /// The write half, the encoder, and the encoded bytes not yet written.
+    write: WriteHalf,
+    codec: Codec,
+    out: BytesMut,
+    /// Frames taken from the outbox, encoded into `out` (kept allocated between batches).
+    batch: Vec<OutFrame>,
+    /// The pump's waker while it waits for something to write.
+    pump_waker: Option<Waker>,
+    /// Take the outbox's frames even if it did not signal (after an upgrade handed it over).
+    drain_now: bool,
+    /// The socket did not take all of `out`: the client is not reading.
+    blocked: bool,
     /// The close code to send when the connection ends; set by the first cause of the end.
     close_code: CloseCode,
     /// The connection is ending: later input is ignored and cannot change the close code.
     failing: bool,
-    /// The close frame is on its way; the actor stops when it is sent or cannot be.
+    /// The close frame is in `out`; the actor stops when it is written or cannot be.
     finishing: bool,
-    /// A pong is being handed to the socket; pings that come meanwhile are answered by one
-    /// pong, for the latest of them, once it has gone (RFC 6455 §5.5.3 allows that).
-    pong_in_flight: bool,
-    /// The latest ping not yet answered, and how many arrived while a pong was stuck.
+    /// The latest ping that came while the socket was blocked, answered once it takes bytes
+    /// again (RFC 6455 §5.5.3 allows answering only the latest), and how many came so.
     ping_waiting: Option<Bytes>,
     pings_unanswered: usize,
 }
 
 impl WsConnection {
-    fn start(
-        shared: Arc<EngineShared>,
-        ws: actix_ws::Session,
-        stream: MessageStream,
-        mode: Mode,
-    ) -> Addr<WsConnection> {
+    fn start(shared: Arc<EngineShared>, socket: WsSocket, mode: Mode) -> Addr<WsConnection> {
         let max_payload = shared.config.max_payload;
         let max_fragments = shared.config.max_fragments;
         WsConnection::create(move |ctx| {
-            ctx.add_stream(stream.max_frame_size(max_payload));
+            // What came with the request is read first, through the same guard.
+            let read: ReadHalf = if socket.early.is_empty() {
+                socket.read
+            } else {
+                Box::new(AsyncReadExt::chain(
+                    std::io::Cursor::new(socket.early),
+                    socket.read,
+                ))
+            };
+            let frames = FramedRead::with_capacity(
+                GuardedRead::new(read, max_payload),
+                Codec::new().max_size(max_payload),
+                READ_BUFFER,
+            );
+            ctx.add_stream(frames);
+            ctx.spawn(Pump);
             WsConnection {
                 shared,
-                ws,
                 mode,
                 timer: Timer::default(),
                 fragments: Fragments::new(max_payload, max_fragments),
+                write: socket.write,
+                codec: Codec::new(),
+                out: BytesMut::new(),
+                batch: Vec::new(),
+                pump_waker: None,
+                drain_now: true,
+                blocked: false,
                 close_code: CloseCode::Normal,
                 failing: false,
                 finishing: false,
-                pong_in_flight: false,
                 ping_waiting: None,
                 pings_unanswered: 0,
             }
@@ -95,15 +179,10 @@ impl WsConnection {
     }
 
     /// A session opened directly over WebSocket.
-    pub(crate) fn start_open(
-        shared: Arc<EngineShared>,
-        ws: actix_ws::Session,
-        stream: MessageStream,
-        core: SessionCore,
-    ) {
+    pub(crate) fn start_open(shared: Arc<EngineShared>, socket: WsSocket, core: SessionCore) {
         let sid = core.machine.sid();
         let registry = shared.clone();
-        let addr = Self::start(shared, ws, stream, Mode::Open(core));
+        let addr = Self::start(shared, socket, Mode::Open(core));
         registry
             .registry
             .insert(sid, Route::WebSocket(addr.recipient()));
@@ -112,41 +191,29 @@ impl WsConnection {
     /// A WebSocket probing the polling session `sid` for an upgrade.
     pub(crate) fn start_probe(
         shared: Arc<EngineShared>,
-        ws: actix_ws::Session,
-        stream: MessageStream,
+        socket: WsSocket,
         polling: Addr<PollingSession>,
     ) {
-        Self::start(shared, ws, stream, Mode::Probing { polling });
+        Self::start(shared, socket, Mode::Probing { polling });
     }
 
     /// A WebSocket for a session that already has one.
-    pub(crate) fn start_rejected(
-        shared: Arc<EngineShared>,
-        ws: actix_ws::Session,
-        stream: MessageStream,
-    ) {
-        Self::start(shared, ws, stream, Mode::Rejected);
+    pub(crate) fn start_rejected(shared: Arc<EngineShared>, socket: WsSocket) {
+        Self::start(shared, socket, Mode::Rejected);
     }
 
-    /// Starts carrying a session: the writer, the heartbeat timer.
+    /// Starts carrying a session: the outbox into the pump, the heartbeat timer.
     fn open(&mut self, ctx: &mut Context<Self>) {
-        let Mode::Open(core) = &self.mode else {
+        if !matches!(self.mode, Mode::Open(_)) {
             return;
-        };
-        let writer = write_frames(
-            self.ws.clone(),
-            core.machine.outbox().clone(),
-            self.shared.config.observer.clone(),
-        );
-        writer
-            .into_actor(self)
-            .map(|(), act, ctx| act.writer_done(ctx))
-            .spawn(ctx);
+        }
+        self.drain_now = true;
+        self.wake_pump();
         self.settle(ctx);
     }
 
     /// After anything that may have changed the session: deliver its events, re-arm the timer.
-    /// A closed session needs nothing more here: the writer sees the close and ends.
+    /// A closed session needs nothing more here: the pump sees the close and ends.
     fn settle(&mut self, ctx: &mut Context<Self>) {
         let Mode::Open(core) = &mut self.mode else {
             return;
@@ -155,7 +222,7 @@ impl WsConnection {
         let deadline = core.machine.poll_timeout();
         self.timer.rearm(deadline, ctx, Self::on_timer);
         if closed && !std::mem::replace(&mut self.failing, true) {
-            // If the writer is stuck behind a client that reads nothing, do not wait for it
+            // If the socket is stuck behind a client that reads nothing, do not wait for it
             // longer than a heartbeat would.
             ctx.run_later(self.shared.config.ping_timeout, |_, ctx| ctx.stop());
         }
@@ -169,9 +236,128 @@ impl WsConnection {
         self.settle(ctx);
     }
 
-    /// The writer drained the outbox of a closing session (or the socket went away): make sure
-    /// the session is closed and the layer above told, send the close frame, stop.
-    fn writer_done(&mut self, ctx: &mut Context<Self>) {
+    /// Encodes a frame into the write buffer and wakes the pump.
+    fn send(&mut self, message: Message) {
+        // Encoding a whole text, binary, pong or close frame cannot fail (only continuation
+        // frames out of order can, and none are sent).
+        let _ = self.codec.encode(message, &mut self.out);
+        self.wake_pump();
+    }
+
+    fn wake_pump(&mut self) {
+        if let Some(waker) = self.pump_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Moves what the open session has queued into the write buffer; `true` if it added
+    /// anything. Until it returns `false` it is called again, and then the outbox holds the
+    /// actor's waker: a push wakes the pump.
+    fn refill(&mut self, ctx: &mut Context<Self>, cx: &mut task::Context<'_>) -> bool {
+        loop {
+            let Mode::Open(core) = &self.mode else {
+                return false;
+            };
+            if self.finishing {
+                return false;
+            }
+            let outbox = core.machine.outbox();
+            if !std::mem::take(&mut self.drain_now) && outbox.poll_changed(cx).is_pending() {
+                return false;
+            }
+            let closing = outbox.drain_into(&mut self.batch);
+            let added = !self.batch.is_empty();
+            if added {
+                let bytes = self.batch.iter().map(|f| f.message_len() as u64).sum();
+                let observer = &self.shared.config.observer;
+                observer.sent(TransportKind::WebSocket, self.batch.len() as u64, bytes);
+                for frame in self.batch.drain(..) {
+                    let message = match frame {
+                        OutFrame::Text(text) => Message::Text(text),
+                        OutFrame::Binary(data) => Message::Binary(data),
+                    };
+                    let _ = self.codec.encode(message, &mut self.out);
+                }
+            }
+            // No close packet on a WebSocket, as the reference server does: the close frame
+            // says it, and a client that got a close packet would take it as a deliberate
+            // disconnect and not reconnect.
+            if closing.is_some() {
+                self.drained(ctx);
+                return true;
+            }
+            if added {
+                return true;
+            }
+        }
+    }
+
+    /// Writes the buffer, then takes the next batch, until there is nothing to write or the
+    /// socket takes no more; `Ready` when the connection is over.
+    fn pump(&mut self, ctx: &mut Context<Self>, cx: &mut task::Context<'_>) -> Poll<()> {
+        loop {
+            while !self.out.is_empty() {
+                match Pin::new(&mut self.write).poll_write(cx, &self.out) {
+                    Poll::Ready(Ok(n)) if n > 0 => self.out.advance(n),
+                    Poll::Ready(_) => return self.write_failed(ctx),
+                    Poll::Pending => {
+                        self.blocked = true;
+                        return Poll::Pending;
+                    }
+                }
+            }
+            if std::mem::take(&mut self.blocked) {
+                self.pings_unanswered = 0;
+                if let Some(data) = self.ping_waiting.take() {
+                    self.send(Message::Pong(data));
+                    continue;
+                }
+            }
+            match Pin::new(&mut self.write).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return self.write_failed(ctx),
+                Poll::Pending => return Poll::Pending,
+            }
+            if self.out.capacity() > KEEP_WRITE_BUFFER {
+                self.out = BytesMut::new();
+            }
+            if self.finishing {
+                // The close frame is written.
+                ctx.stop();
+                return Poll::Ready(());
+            }
+            if self.refill(ctx, cx) || !self.out.is_empty() {
+                continue;
+            }
+            if !self
+                .pump_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                self.pump_waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// The socket cannot be written: the client is gone. The session closes, and the actor
+    /// stops without a close frame.
+    fn write_failed(&mut self, ctx: &mut Context<Self>) -> Poll<()> {
+        self.out.clear();
+        if let Mode::Open(core) = &mut self.mode {
+            core.apply_close_request();
+            core.machine.handle_transport_closed();
+            core.deliver();
+        }
+        self.failing = true;
+        self.finishing = true;
+        ctx.stop();
+        Poll::Ready(())
+    }
+
+    /// The pump wrote everything a closing session had queued: make sure the session is
+    /// closed and the layer above told, then the close frame.
+    fn drained(&mut self, ctx: &mut Context<Self>) {
         if let Mode::Open(core) = &mut self.mode {
             core.apply_close_request();
             core.machine.handle_transport_closed();
@@ -185,7 +371,7 @@ impl WsConnection {
 
     /// Ends the connection: the close frame, then stop. The actor keeps running meanwhile
     /// (nothing here blocks it on a client that reads nothing); a close frame that cannot be
-    /// handed over within a heartbeat's timeout is given up.
+    /// written within a heartbeat's timeout is given up.
     fn finish(&mut self, ctx: &mut Context<Self>) {
         if std::mem::replace(&mut self.finishing, true) {
             return;
@@ -197,18 +383,15 @@ impl WsConnection {
         if !matches!(self.mode, Mode::Open(_)) {
             self.mode = Mode::Done;
         }
-        let close = self.ws.clone().close(Some(self.close_code.into()));
-        tokio::time::timeout(self.shared.config.ping_timeout, close)
-            .into_actor(self)
-            .map(|_, _, ctx| ctx.stop())
-            .spawn(ctx);
+        self.send(Message::Close(Some(self.close_code.into())));
+        ctx.run_later(self.shared.config.ping_timeout, |_, ctx| ctx.stop());
     }
 
-    /// A ping came: answered at once, unless a pong is still on its way; then only the latest
+    /// A ping came: answered at once, unless the socket is blocked; then only the latest
     /// waits, and a client that keeps pinging while it reads nothing is closed.
     fn on_ping(&mut self, data: Bytes, ctx: &mut Context<Self>) {
-        if !self.pong_in_flight {
-            return self.send_pong(data, ctx);
+        if !self.blocked {
+            return self.send(Message::Pong(data));
         }
         self.ping_waiting = Some(data);
         self.pings_unanswered += 1;
@@ -217,26 +400,8 @@ impl WsConnection {
         }
     }
 
-    fn send_pong(&mut self, data: Bytes, ctx: &mut Context<Self>) {
-        self.pong_in_flight = true;
-        let mut ws = self.ws.clone();
-        async move { ws.pong(&data).await.is_ok() }
-            .into_actor(self)
-            .map(|sent, act, ctx| {
-                act.pong_in_flight = false;
-                if !sent {
-                    return;
-                }
-                act.pings_unanswered = 0;
-                if let Some(data) = act.ping_waiting.take() {
-                    act.send_pong(data, ctx);
-                }
-            })
-            .spawn(ctx);
-    }
-
     /// The connection broke a rule or went away. With a session, closing goes through the
-    /// session (and so through the writer); without one, straight to the close frame.
+    /// session (and so through the pump); without one, straight to the close frame.
     fn fail(&mut self, reason: CloseReason, code: CloseCode, ctx: &mut Context<Self>) {
         if std::mem::replace(&mut self.failing, true) {
             return;
@@ -252,14 +417,11 @@ impl WsConnection {
         }
     }
 
-    /// A fragmented message is complete.
-    fn on_assembled(&mut self, assembled: Assembled, ctx: &mut Context<Self>) {
-        match assembled {
-            Assembled::Text(bytes) => match ByteString::try_from(bytes) {
-                Ok(text) => self.on_message(Packet::decode_text(text), ctx),
-                Err(_) => self.fail(CloseReason::TransportError, CloseCode::Invalid, ctx),
-            },
-            Assembled::Binary(data) => self.on_message(Ok(Packet::Binary(data)), ctx),
+    /// A text message arrived whole, or put together from fragments.
+    fn on_text(&mut self, bytes: Bytes, ctx: &mut Context<Self>) {
+        match ByteString::try_from(bytes) {
+            Ok(text) => self.on_message(Packet::decode_text(text), ctx),
+            Err(_) => self.fail(CloseReason::TransportError, CloseCode::Invalid, ctx),
         }
     }
 
@@ -279,24 +441,10 @@ impl WsConnection {
             }
             Mode::Probing { polling, .. } => match packet {
                 Ok(Packet::Ping(data)) if &*data == "probe" => {
-                    let mut ws = self.ws.clone();
-                    let polling = polling.clone();
-                    // Nothing else may come before the answer, but a client that reads
-                    // nothing holds the actor no longer than the upgrade may take.
-                    let timeout = self.shared.config.upgrade_timeout;
-                    async move {
-                        let probe = ws.text(ByteString::from_static("3probe"));
-                        matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(())))
-                    }
-                    .into_actor(self)
-                    .map(move |sent, act, ctx| {
-                        if sent {
-                            polling.do_send(UpgradeProbed);
-                        } else {
-                            act.fail(CloseReason::TransportError, CloseCode::Policy, ctx);
-                        }
-                    })
-                    .wait(ctx);
+                    // Written before anything else can be; the upgrade timeout bounds a
+                    // client that does not read it.
+                    polling.do_send(UpgradeProbed);
+                    self.send(Message::Text(ByteString::from_static("3probe")));
                 }
                 Ok(Packet::Upgrade) => {
                     polling
@@ -337,29 +485,19 @@ fn close_code(reason: CloseReason, chosen: CloseCode) -> CloseCode {
     }
 }
 
-/// Drains the outbox into the socket until the session closes or the socket goes away.
-async fn write_frames(mut ws: actix_ws::Session, outbox: Arc<Outbox>, observer: Observer) {
-    let mut batch = Vec::new();
-    loop {
-        let closing = outbox.drain_into(&mut batch);
-        let bytes = batch.iter().map(|f| f.message_len() as u64).sum();
-        observer.sent(TransportKind::WebSocket, batch.len() as u64, bytes);
-        for frame in batch.drain(..) {
-            let sent = match frame {
-                OutFrame::Text(text) => ws.text(text).await,
-                OutFrame::Binary(data) => ws.binary(data).await,
-            };
-            if sent.is_err() {
-                return;
-            }
-        }
-        // No close packet on a WebSocket, as the reference server does: the close frame says
-        // it, and a client that got a close packet would take it as a deliberate disconnect
-        // and not reconnect.
-        if closing.is_some() {
-            return;
-        }
-        outbox.changed().await;
+/// The connection's writing, as a future of the actor's own: it runs on the actor's fields.
+struct Pump;
+
+impl ActorFuture<WsConnection> for Pump {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut WsConnection,
+        ctx: &mut Context<WsConnection>,
+        cx: &mut task::Context<'_>,
+    ) -> Poll<()> {
+        act.pump(ctx, cx)
     }
 }
 
@@ -376,6 +514,9 @@ impl Actor for WsConnection {
                     })
                     .into_actor(self)
                     .map(|accepted, act, ctx| {
+                        if act.finishing {
+                            return;
+                        }
                         if accepted.unwrap_or(false) {
                             let timeout = act.shared.config.upgrade_timeout;
                             ctx.run_later(timeout, |act, ctx| {
@@ -418,13 +559,13 @@ impl Actor for WsConnection {
     }
 }
 
-impl StreamHandler<Result<Message, ProtocolError>> for WsConnection {
-    fn handle(&mut self, item: Result<Message, ProtocolError>, ctx: &mut Context<Self>) {
+impl StreamHandler<Result<Frame, ProtocolError>> for WsConnection {
+    fn handle(&mut self, item: Result<Frame, ProtocolError>, ctx: &mut Context<Self>) {
         if self.failing {
             return;
         }
-        let message = match item {
-            Ok(message) => message,
+        let frame = match item {
+            Ok(frame) => frame,
             Err(ProtocolError::Overflow) => {
                 return self.fail(CloseReason::TransportError, CloseCode::Size, ctx)
             }
@@ -437,26 +578,29 @@ impl StreamHandler<Result<Message, ProtocolError>> for WsConnection {
             Err(_) => return self.fail(CloseReason::TransportError, CloseCode::Protocol, ctx),
         };
         let observer = &self.shared.config.observer;
-        match message {
-            Message::Text(text) => {
-                observer.received(TransportKind::WebSocket, 1, text.len() as u64);
-                self.on_message(Packet::decode_text(text), ctx)
+        match frame {
+            Frame::Text(data) => {
+                observer.received(TransportKind::WebSocket, 1, data.len() as u64);
+                self.on_text(data, ctx)
             }
-            Message::Binary(data) => {
+            Frame::Binary(data) => {
                 observer.received(TransportKind::WebSocket, 1, data.len() as u64);
                 self.on_message(Ok(Packet::Binary(data)), ctx)
             }
-            Message::Continuation(item) => match self.fragments.push(item) {
+            Frame::Continuation(item) => match self.fragments.push(item) {
                 Ok(None) => {}
                 Ok(Some(assembled)) => {
                     observer.received(TransportKind::WebSocket, 1, assembled.len() as u64);
-                    self.on_assembled(assembled, ctx)
+                    match assembled {
+                        Assembled::Text(data) => self.on_text(data, ctx),
+                        Assembled::Binary(data) => self.on_message(Ok(Packet::Binary(data)), ctx),
+                    }
                 }
                 Err(code) => self.fail(CloseReason::TransportError, code, ctx),
             },
-            Message::Ping(data) => self.on_ping(data, ctx),
-            Message::Pong(_) | Message::Nop => {}
-            Message::Close(_) => self.fail(CloseReason::TransportClose, CloseCode::Normal, ctx),
+            Frame::Ping(data) => self.on_ping(data, ctx),
+            Frame::Pong(_) => {}
+            Frame::Close(_) => self.fail(CloseReason::TransportClose, CloseCode::Normal, ctx),
         }
     }
 

@@ -289,6 +289,11 @@ impl Voxio {
         BypassSessions::new(middleware, &[SOCKET_PATH], health)
     }
 
+    /// Where WebSockets go: the Socket.IO endpoint (see [`crate::server`]).
+    pub fn upgrades(&self) -> crate::server::Upgrades {
+        crate::server::Upgrades::default().route(SOCKET_PATH, self.engine.clone())
+    }
+
     /// Mounts the routes (`/metrics` only when it has no address of its own).
     pub fn configure(&self) -> impl FnOnce(&mut ServiceConfig) + '_ {
         move |cfg| {

@@ -171,7 +171,16 @@ test(
     await item.first().waitFor({ timeout: 10_000 });
     const itemText = (await item.first().innerText()).trim();
     console.log(`# https through nginx: the free-form item landed as ${JSON.stringify(itemText)}`);
-    assert.match(itemText, /plumber.*sink/i, "the item holds what was said, not a command it resembles");
+    // What tiny.en hears of this synthetic voice varies with where in the looped clip the
+    // microphone starts ("sink" or "sync"); the item must be those heard words, whatever they
+    // are, not a command they resemble (the Node voice story prints the word-for-word share).
+    const words = (text) => text.toLowerCase().replace(/[^a-z0-9' ]+/g, " ").replace(/\s+/g, " ").trim();
+    const heard = await page.evaluate(() => window.voxioStats.finals);
+    assert.match(itemText, /plumber/i);
+    assert.ok(
+      heard.some((text) => words(text).includes(`${words(itemText)} to my list`)),
+      `the item ${JSON.stringify(itemText)} holds what was heard (${JSON.stringify(heard)}), not a command it resembles`,
+    );
     await page.screenshot({ path: path.join(ARTIFACTS, "proxy-https-transcript.png"), fullPage: true });
     await page.getByRole("button", { name: "Stop microphone" }).click();
 

@@ -10,14 +10,24 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use std::time::Instant;
 
-use actix_web::{App, HttpServer};
+use actix_web::App;
 use awc::ws;
 use bytes::Bytes;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use voxio::config::Cli;
 use voxio::engineio::{Engine, EngineConfig, EngineHandler};
+use voxio::server::{serve, Listen, Upgrades};
 use voxio::web::Voxio;
+
+/// Two workers on an ephemeral loopback port, as the test servers run.
+pub fn listen() -> Listen {
+    Listen {
+        workers: 2,
+        shutdown_timeout_s: 1,
+        ..Listen::new(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+}
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -92,13 +102,12 @@ impl TestServer {
     pub fn serve(engine: Engine, path: &'static str) -> TestServer {
         let served = engine.clone();
         let (addr, thread) = ServerThread::spawn(move || async move {
-            let server = HttpServer::new(move || App::new().service(served.resource(path)))
-                .workers(2)
-                .disable_signals()
-                .shutdown_timeout(1)
-                .bind("127.0.0.1:0")
-                .expect("bind");
-            (server.addrs()[0], server.run())
+            let upgrades = Upgrades::default().route(path, served.clone());
+            let (server, addr) = serve(&listen(), upgrades, move || {
+                App::new().service(served.resource(path))
+            })
+            .expect("bind");
+            (addr, server)
         });
         TestServer {
             addr,
@@ -304,18 +313,14 @@ impl AppServer {
         let cli = Cli::try_parse_from(argv).expect("arguments");
         let (addr, thread) = ServerThread::spawn(move || async move {
             let voxio = Voxio::build(&cli.server).await.expect("build").voxio;
-            let server = HttpServer::new(move || {
+            let (server, addr) = serve(&listen(), voxio.upgrades(), move || {
                 App::new()
                     .wrap(voxio.sessions())
                     .wrap(voxio::web::security_headers())
                     .configure(voxio.configure())
             })
-            .workers(2)
-            .disable_signals()
-            .shutdown_timeout(1)
-            .bind("127.0.0.1:0")
             .expect("bind");
-            (server.addrs()[0], server.run())
+            (addr, server)
         });
         AppServer {
             addr,
