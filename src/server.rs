@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_codec::Framed;
-use actix_http::body::MessageBody;
-use actix_http::{h1, HttpService, Request, Response};
+use actix_http::body::{BoxBody, MessageBody};
+use actix_http::{h1, HttpService, HttpServiceBuilder, Request, Response};
 use actix_server::Server;
 use actix_service::{
     fn_factory, fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt,
@@ -147,31 +147,43 @@ where
     let builder = match listen.tls.clone() {
         None => builder.listen("voxio", listener, move || {
             let app = app().into_factory().map_err(|e| e.into().error_response());
-            HttpService::build()
-                .keep_alive(Duration::from_secs(5))
-                .client_request_timeout(Duration::from_secs(5))
-                .client_disconnect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .local_addr(addr)
+            http1::<_, _, B>(addr, false)
                 .upgrade(upgrade_hook(upgrades.clone()))
                 .finish(map_config(app, |_| AppConfig::default()))
                 .tcp()
         })?,
         Some(tls) => builder.listen("voxio-tls", listener, move || {
             let app = app().into_factory().map_err(|e| e.into().error_response());
-            HttpService::build()
-                .keep_alive(Duration::from_secs(5))
-                .client_request_timeout(Duration::from_secs(5))
-                .client_disconnect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .secure()
-                .local_addr(addr)
+            http1::<_, _, B>(addr, true)
                 .upgrade(upgrade_hook(upgrades.clone()))
                 .finish(map_config(app, |_| AppConfig::default()))
                 .rustls_0_23(tls.clone())
         })?,
     };
     Ok((builder.run(), addr))
+}
+
+/// The HTTP/1 settings of every connection, as actix-web's own server has them.
+fn http1<T, S, B>(addr: SocketAddr, secure: bool) -> HttpServiceBuilder<T, S>
+where
+    S: ServiceFactory<Request, Config = ()>,
+    S::Error: Into<Response<BoxBody>> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as actix_service::Service<Request>>::Future: 'static,
+    B: MessageBody + 'static,
+{
+    let builder = HttpService::<T, S, B>::build()
+        .keep_alive(Duration::from_secs(5))
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .local_addr(addr);
+    if secure {
+        builder.secure()
+    } else {
+        builder
+    }
 }
 
 /// A listening socket with this backlog (the standard library's is fixed at 128).

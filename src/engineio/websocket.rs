@@ -3,7 +3,7 @@
 //!
 //! At the upgrade the HTTP dispatcher hands the connection over (see [`crate::server`]); the
 //! actor then holds both halves of the stream: it reads frames as a stream of its own (a
-//! [`FramedRead`] with the WebSocket codec, behind the [`GuardedRead`] frame-size guard) and
+//! reader with the WebSocket codec, behind the [`GuardedRead`] frame-size guard) and
 //! writes into a buffer of its own, which one pump writes to the socket. No channel, no other
 //! task and no HTTP buffer stands between the socket and the actor in either direction.
 //!
@@ -24,7 +24,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{self, Poll, Waker};
+use std::task::{self, ready, Poll, Waker};
 use std::time::Instant;
 
 use actix::fut::ActorFuture;
@@ -35,8 +35,10 @@ use actix::{
 use actix_http::ws::{CloseCode, Codec, Frame, Item, Message, ProtocolError};
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
+use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::io::poll_read_buf;
 
 use super::frame_guard::{self, GuardedRead};
 use super::packet::{OutFrame, Packet};
@@ -150,11 +152,12 @@ impl WsConnection {
                     socket.read,
                 ))
             };
-            let frames = FramedRead::with_capacity(
-                GuardedRead::new(read, max_payload),
-                Codec::new().max_size(max_payload),
-                READ_BUFFER,
-            );
+            let frames = FrameReader {
+                io: GuardedRead::new(read, max_payload),
+                buf: BytesMut::new(),
+                codec: Codec::new().max_size(max_payload),
+                done: false,
+            };
             ctx.add_stream(frames);
             ctx.spawn(Pump);
             WsConnection {
@@ -498,6 +501,57 @@ impl ActorFuture<WsConnection> for Pump {
         cx: &mut task::Context<'_>,
     ) -> Poll<()> {
         act.pump(ctx, cx)
+    }
+}
+
+/// The frames of a connection's read half: the WebSocket codec over a read buffer that keeps
+/// room for a whole read. (A framed reader that reads into whatever room the last frame left
+/// splits an arrival over two reads, and a read that fills the buffer costs another.)
+struct FrameReader {
+    io: GuardedRead<ReadHalf>,
+    buf: BytesMut,
+    codec: Codec,
+    done: bool,
+}
+
+impl Stream for FrameReader {
+    type Item = Result<Frame, ProtocolError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.codec.decode(&mut this.buf) {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) => {}
+                Err(e) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            if this.buf.capacity() - this.buf.len() < READ_BUFFER / 2 {
+                this.buf.reserve(READ_BUFFER);
+            }
+            let read = ready!(poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf));
+            match read {
+                Ok(0) if this.buf.is_empty() => this.done = true,
+                Ok(0) => {
+                    this.done = true;
+                    let cut = std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the connection ended inside a frame",
+                    );
+                    return Poll::Ready(Some(Err(ProtocolError::Io(cut))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(ProtocolError::Io(e))));
+                }
+            }
+        }
     }
 }
 
