@@ -1,11 +1,10 @@
 //! The Engine.IO HTTP entry point: parses a request, checks it, and hands it to the session's
 //! actor (or opens a session, or starts a WebSocket connection).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-
-use std::net::SocketAddr;
 
 use actix::{Actor, Addr};
 use actix_codec::Framed;
@@ -91,14 +90,13 @@ impl Engine {
     pub async fn websocket<T: WsStream>(
         &self,
         req: actix_http::Request,
-        framed: Framed<T, h1::Codec>,
+        mut framed: Framed<T, h1::Codec>,
     ) {
         use futures_util::SinkExt;
         let (response, start) = match websocket_start(&self.shared, &req) {
             Ok(started) => started,
             Err(error) => return refuse_upgrade(framed, error.response()).await,
         };
-        let mut framed = framed;
         // If the client is gone already, the actor finds its socket closed and ends the
         // session the usual way.
         let _ = framed

@@ -321,7 +321,9 @@ impl WsConnection {
                 Poll::Ready(Err(_)) => return self.write_failed(ctx),
                 Poll::Pending => return Poll::Pending,
             }
-            if self.out.capacity() > KEEP_WRITE_BUFFER {
+            // All written: the buffer's whole allocation is free again (reclaimed without
+            // allocating); one larger than a burst needs is let go.
+            if self.out.try_reclaim(KEEP_WRITE_BUFFER + 1) {
                 self.out = BytesMut::new();
             }
             if self.finishing {
