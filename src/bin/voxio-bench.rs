@@ -179,27 +179,24 @@ async fn connect(common: &Common) -> Result<Ws, String> {
         .map_err(|e| e.to_string())?;
         match expect(&mut ws, |t| t.starts_with("40/voice,")).await {
             Ok(()) => return Ok(ws),
-            Err(refused) if refused.contains("\"rate_limited\"") && attempts < 50 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(retry_after_ms(&refused))).await;
-            }
+            Err(refused) if attempts < 50 => match retry_after_ms(&refused) {
+                Some(wait) => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(wait.max(10))).await;
+                }
+                None => return Err(refused),
+            },
             Err(e) => return Err(e),
         }
     }
 }
 
-/// The wait a `rate_limited` refusal asks for (its `retryAfterMs`), at least 10 ms.
-fn retry_after_ms(refusal: &str) -> u64 {
-    let key = "\"retryAfterMs\":";
-    refusal
-        .find(key)
-        .map(|at| &refusal[at + key.len()..])
-        .and_then(|rest| {
-            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            rest[..digits].parse().ok()
-        })
-        .unwrap_or(500)
-        .max(10)
+/// The wait a `rate_limited` CONNECT_ERROR asks for (its `retryAfterMs`); `None` for any other
+/// refusal.
+fn retry_after_ms(refusal: &str) -> Option<u64> {
+    let json = &refusal[refusal.find('{')?..];
+    let data = serde_json::from_str::<serde_json::Value>(json).ok()?["data"].take();
+    (data["code"] == "rate_limited").then(|| data["retryAfterMs"].as_u64().unwrap_or(500))
 }
 
 async fn expect(ws: &mut Ws, want: impl Fn(&str) -> bool) -> Result<(), String> {

@@ -71,8 +71,8 @@ impl WsStream for tokio::net::TcpStream {
     }
 }
 
-/// Bytes a connection's read buffer starts with: a few audio chunks' frames; it grows for
-/// larger messages.
+/// Room a connection's read buffer makes for each read when less than half of it is left: a
+/// few audio chunks' frames. A larger message grows the buffer to its size.
 const READ_BUFFER: usize = 2048;
 
 /// A write buffer that grew past this (a burst of large messages) is let go once written, so
@@ -349,11 +349,7 @@ impl WsConnection {
     /// stops without a close frame.
     fn write_failed(&mut self, ctx: &mut Context<Self>) -> Poll<()> {
         self.out.clear();
-        if let Mode::Open(core) = &mut self.mode {
-            core.apply_close_request();
-            core.machine.handle_transport_closed();
-            core.deliver();
-        }
+        self.end_session();
         self.failing = true;
         self.finishing = true;
         ctx.stop();
@@ -363,15 +359,23 @@ impl WsConnection {
     /// The pump wrote everything a closing session had queued: make sure the session is
     /// closed and the layer above told, then the close frame.
     fn drained(&mut self, ctx: &mut Context<Self>) {
-        if let Mode::Open(core) = &mut self.mode {
-            core.apply_close_request();
-            core.machine.handle_transport_closed();
-            if let Some(reason) = core.machine.outbox().closing() {
-                self.close_code = close_code(reason, self.close_code);
-            }
-            core.deliver();
+        if let Some(reason) = self.end_session() {
+            self.close_code = close_code(reason, self.close_code);
         }
         self.finish(ctx);
+    }
+
+    /// The transport is done with the session: it closes (for the reason already asked, if
+    /// one was) and the layer above is told. Returns the reason it closed for.
+    fn end_session(&mut self) -> Option<CloseReason> {
+        let Mode::Open(core) = &mut self.mode else {
+            return None;
+        };
+        core.apply_close_request();
+        core.machine.handle_transport_closed();
+        let reason = core.machine.outbox().closing();
+        core.deliver();
+        reason
     }
 
     /// Ends the connection: the close frame, then stop. The actor keeps running meanwhile
