@@ -262,6 +262,22 @@ pub struct ServerArgs {
     /// for the other nodes and counted, and still delivered on this one.
     #[arg(long, env = "VOXIO_CLUSTER_QUEUE", default_value_t = 4096)]
     pub cluster_queue: usize,
+    /// Milliseconds a `/voice` socket whose connection dropped waits for its client to come
+    /// back (Socket.IO connection state recovery: same socket, no new PIN, the events it
+    /// missed sent again, its pipeline still running meanwhile). 0 turns recovery off.
+    #[arg(long, env = "VOXIO_RECOVERY_WINDOW_MS", default_value_t = 30_000)]
+    pub recovery_window_ms: u64,
+    /// Events kept per `/voice` socket for a recovery, at most.
+    #[arg(long, env = "VOXIO_RECOVERY_MAX_PACKETS", default_value_t = 1024)]
+    pub recovery_max_packets: usize,
+    /// Bytes of events (spoken audio included) kept per `/voice` socket for a recovery, at
+    /// most.
+    #[arg(long, env = "VOXIO_RECOVERY_MAX_BYTES", default_value_t = 2 << 20)]
+    pub recovery_max_bytes: usize,
+    /// `/voice` sockets waiting for their client at once, at most; a connection that drops
+    /// beyond it ends its socket at once.
+    #[arg(long, env = "VOXIO_RECOVERY_MAX_WAITING", default_value_t = 10_000)]
+    pub recovery_max_waiting: usize,
     /// Milliseconds a shutdown (SIGTERM, SIGINT) lets running voice turns finish before every
     /// connection is closed and the process exits.
     #[arg(long, env = "VOXIO_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]

@@ -14,7 +14,10 @@
 //! that room, sender included; `ask` (...args) emits `question` with the args and an ack
 //! request, then emits `answer` with what the client acked; `server-disconnect` disconnects the
 //! socket; `close-transport` closes the connection under it. `/refused` refuses every CONNECT
-//! with message `refused` and data `{"reason":"test"}`.
+//! with message `refused` and data `{"reason":"test"}`. `/recovered` has connection state
+//! recovery (a 2 s window): on connection it emits `welcome {id}` (not again on a recovery);
+//! `later` (count, ms) emits `seq` 0..count after ms; `join` (room) acks the socket's room
+//! count; `to-room` (room, ...args) emits `room-message` to the room.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +30,7 @@ use crate::engineio::{
     CloseReason, Engine, EngineConfig, EngineHandler, Handshake, OriginPolicy, SessionHandle,
     SessionHandler,
 };
-use crate::socketio::{ConnectError, Payload, Socket, SocketIo, SocketIoConfig};
+use crate::socketio::{ConnectError, Payload, RecoveryConfig, Socket, SocketIo, SocketIoConfig};
 
 /// The Engine.IO settings of the protocol test server.
 pub fn engine_config() -> EngineConfig {
@@ -121,6 +124,45 @@ pub fn socketio(config: SocketIoConfig) -> SocketIo {
     });
     io.namespace("/custom", |ns| {
         ns.on_connect(emit_auth);
+    });
+    io.namespace("/recovered", |ns| {
+        ns.recovery(RecoveryConfig {
+            window: Duration::from_millis(2_000),
+            ..RecoveryConfig::default()
+        })
+        .on_connect(|socket| {
+            let _ = socket.emit("welcome", serde_json::json!({ "id": socket.id().as_str() }));
+        })
+        .on("later", |socket, event| {
+            let (count, delay) = (
+                event.data.get::<u64>(0).unwrap_or(1).min(1000),
+                event.data.get::<u64>(1).unwrap_or(0).min(10_000),
+            );
+            let socket = socket.clone();
+            actix_rt::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                for n in 0..count {
+                    let _ = socket.emit("seq", n);
+                }
+            });
+            if let Some(ack) = event.ack {
+                let _ = ack.send(Payload::new());
+            }
+        })
+        .on("join", |socket, event| {
+            if let Ok(room) = event.data.get::<String>(0) {
+                socket.join(room);
+            }
+            if let Some(ack) = event.ack {
+                let _ = ack.send(Payload::new().arg(socket.rooms().len()));
+            }
+        })
+        .on("to-room", |socket, mut event| {
+            if let Ok(room) = event.data.get::<String>(0) {
+                event.data.args.remove(0);
+                socket.ns().to(room).emit("room-message", event.data);
+            }
+        });
     });
     io.namespace("/refused", |ns| {
         ns.middleware(|_| {

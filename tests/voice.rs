@@ -370,6 +370,7 @@ fn voice_server(
             stages: Some(Arc::new(stages)),
             pipelines: Pipelines::default(),
             auth_timeout: Duration::from_secs(60),
+            recovery: None,
         }),
     );
     more(&io);

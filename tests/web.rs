@@ -69,14 +69,16 @@ async fn engine_socket(app: &AppServer) -> WsConn {
 async fn voice_socket(app: &AppServer) -> WsConn {
     let mut conn = engine_socket(app).await;
     ws_send(&mut conn, r#"40/voice,{"pin":"246810"}"#).await;
+    // The CONNECT answer carries the socket's private id for recovery, and every event an
+    // offset as its last argument.
     assert!(data(&mut conn).await.starts_with("40/voice,{\"sid\""));
     assert_eq!(
         data(&mut conn).await,
-        r#"42/voice,["authenticated",{"via":"pin"}]"#
+        r#"42/voice,["authenticated",{"via":"pin"},"1"]"#
     );
     assert_eq!(
         data(&mut conn).await,
-        r#"42/voice,["session.ready",{"pipeline":false}]"#
+        r#"42/voice,["session.ready",{"pipeline":false},"2"]"#
     );
     conn
 }
@@ -433,11 +435,11 @@ async fn audio_before_authentication_is_refused() {
     ws_send(&mut conn, r#"42/voice,["authenticate",{"pin":"246810"}]"#).await;
     assert_eq!(
         data(&mut conn).await,
-        r#"42/voice,["authenticated",{"via":"pin"}]"#
+        r#"42/voice,["authenticated",{"via":"pin"},"2"]"#
     );
     assert_eq!(
         data(&mut conn).await,
-        r#"42/voice,["session.ready",{"pipeline":false}]"#
+        r#"42/voice,["session.ready",{"pipeline":false},"3"]"#
     );
     assert_eq!(
         audio(&mut conn, 8).await,

@@ -259,6 +259,19 @@ impl MessageFrame {
         MessageFrame(OutFrame::Binary(data))
     }
 
+    /// Its size in bytes as queued (a text message's type character included).
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            OutFrame::Text(text) => text.len(),
+            OutFrame::Binary(data) => data.len(),
+        }
+    }
+
+    /// Whether it holds no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The message's text, for a text message.
     pub fn as_text(&self) -> Option<&str> {
         match &self.0 {

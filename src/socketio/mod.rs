@@ -25,6 +25,7 @@
 pub mod adapter;
 mod namespace;
 pub mod packet;
+pub mod recovery;
 mod session;
 mod socket;
 
@@ -35,6 +36,7 @@ use std::time::Duration;
 pub use adapter::{Adapter, Broadcast, Operation, Target};
 pub use namespace::{BroadcastOperator, ConnectError, ConnectRequest, Namespace, NamespaceBuilder};
 pub use packet::Payload;
+pub use recovery::RecoveryConfig;
 pub use socket::{AckError, AckSender, DisconnectReason, EmitError, Event, Extensions, Socket};
 
 use crate::engineio::{EngineHandler, Handshake, SessionHandle, SessionHandler};

@@ -3,12 +3,14 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 
 use super::adapter::{Adapter, Broadcast, Operation, Target};
 use super::packet::Payload;
+use super::recovery::RecoveryConfig;
 use super::socket::{encode_event, DisconnectReason, Event, Extensions, Socket};
 use crate::engineio::{Handshake, Sid};
 
@@ -73,6 +75,7 @@ pub struct NamespaceBuilder {
     handlers: HashMap<String, EventHandler>,
     fallback: Option<EventHandler>,
     on_disconnect: Option<DisconnectHandler>,
+    recovery: Option<RecoveryConfig>,
 }
 
 impl NamespaceBuilder {
@@ -84,7 +87,16 @@ impl NamespaceBuilder {
             handlers: HashMap::new(),
             fallback: None,
             on_disconnect: None,
+            recovery: None,
         }
+    }
+
+    /// Turns on connection state recovery (see [`super::recovery`]): a client whose
+    /// connection drops gets its socket back, with what it missed, within `config.window`.
+    /// Events then carry an offset as their last argument, as the official client expects.
+    pub fn recovery(&mut self, config: RecoveryConfig) -> &mut Self {
+        self.recovery = Some(config);
+        self
     }
 
     /// Connect middleware that decides at once. Runs in declaration order with the others;
@@ -155,6 +167,8 @@ impl NamespaceBuilder {
             handlers: self.handlers,
             fallback: self.fallback,
             on_disconnect: self.on_disconnect,
+            recovery: self.recovery,
+            waiting: AtomicUsize::new(0),
             rooms: RwLock::new(Rooms::default()),
         })
     }
@@ -164,6 +178,8 @@ impl NamespaceBuilder {
 #[derive(Default)]
 struct Rooms {
     sockets: HashMap<Sid, Socket>,
+    /// Sockets by private id (recovery only).
+    by_pid: HashMap<Sid, Socket>,
     members: HashMap<String, HashSet<Sid>>,
     joined: HashMap<Sid, HashSet<String>>,
 }
@@ -176,6 +192,9 @@ pub struct Namespace {
     handlers: HashMap<String, EventHandler>,
     fallback: Option<EventHandler>,
     on_disconnect: Option<DisconnectHandler>,
+    recovery: Option<RecoveryConfig>,
+    /// Sockets waiting for their client to come back.
+    waiting: AtomicUsize,
     rooms: RwLock<Rooms>,
     adapter: AdapterSlot,
 }
@@ -194,6 +213,36 @@ impl Namespace {
     /// The connected socket with this id.
     pub fn socket(&self, id: Sid) -> Option<Socket> {
         self.read().sockets.get(&id).cloned()
+    }
+
+    /// The recovery settings, when the namespace has recovery.
+    pub fn recovery(&self) -> Option<&RecoveryConfig> {
+        self.recovery.as_ref()
+    }
+
+    /// Sockets waiting for their client to come back.
+    pub fn waiting_count(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// The socket with this private id.
+    pub(crate) fn by_pid(&self, pid: Sid) -> Option<Socket> {
+        self.read().by_pid.get(&pid).cloned()
+    }
+
+    /// Counts one more waiting socket, unless the bound is reached.
+    pub(crate) fn start_waiting(&self, config: &RecoveryConfig) -> bool {
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < config.max_waiting).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn stop_waiting(&self) {
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Emits to the sockets in `room`.
@@ -225,13 +274,20 @@ impl Namespace {
         let id = socket.id();
         let mut rooms = self.write();
         rooms.sockets.insert(id, socket.clone());
+        if let Some(pid) = socket.pid() {
+            rooms.by_pid.insert(pid, socket.clone());
+        }
         rooms.members.entry(id.to_string()).or_default().insert(id);
         rooms.joined.entry(id).or_default().insert(id.to_string());
     }
 
-    pub(crate) fn remove(&self, id: Sid) {
+    pub(crate) fn remove(&self, socket: &Socket) {
+        let id = socket.id();
         let mut rooms = self.write();
         rooms.sockets.remove(&id);
+        if let Some(pid) = socket.pid() {
+            rooms.by_pid.remove(&pid);
+        }
         for room in rooms.joined.remove(&id).unwrap_or_default() {
             if let Some(members) = rooms.members.get_mut(&room) {
                 members.remove(&id);
@@ -367,13 +423,20 @@ impl BroadcastOperator {
     /// Emits the event; returns how many sockets of this node it was queued for.
     pub fn emit(self, event: &str, payload: impl Into<Payload>) -> usize {
         let payload = payload.into();
-        let frames = encode_event(self.ns.name(), event, None, &payload);
-        let reached = self
-            .ns
-            .targets(&self.rooms, &self.except)
-            .iter()
-            .filter(|socket| socket.send_frames(&frames, self.volatile).is_ok())
-            .count();
+        let targets = self.ns.targets(&self.rooms, &self.except);
+        let reached = if self.ns.recovery.is_some() && !self.volatile {
+            // Each socket's packet carries its own offset.
+            targets
+                .iter()
+                .filter(|socket| socket.emit(event, payload.clone()).is_ok())
+                .count()
+        } else {
+            let frames = encode_event(self.ns.name(), event, None, &payload);
+            targets
+                .iter()
+                .filter(|socket| socket.send_frames(&frames, self.volatile).is_ok())
+                .count()
+        };
         let volatile = self.volatile;
         self.publish(Operation::Emit {
             event: event.to_owned(),

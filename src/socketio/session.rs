@@ -12,9 +12,9 @@ use serde_json::Value;
 
 use super::namespace::{ConnectError, ConnectRequest, Namespace};
 use super::packet::{self, Packet, PacketType, Payload};
-use super::socket::{AckSender, DisconnectReason, Event, Extensions, Socket};
+use super::socket::{AckSender, DisconnectReason, Event, Extensions, Origin, Socket};
 use super::IoInner;
-use crate::engineio::{CloseReason, Handshake, MessageFrame, SessionHandle, SessionHandler};
+use crate::engineio::{CloseReason, Handshake, MessageFrame, SessionHandle, SessionHandler, Sid};
 
 /// The sockets of one connection, by namespace; shared with its sockets (for a server-side
 /// disconnect) and with connects still running their middleware.
@@ -188,6 +188,9 @@ impl SioSession {
         if self.sockets.get(&nsp).is_some() {
             return;
         }
+        if ns.recovery().is_some() && self.recover(&ns, auth.as_ref()) {
+            return;
+        }
         let request = ConnectRequest {
             nsp: nsp.to_string(),
             auth,
@@ -220,6 +223,40 @@ impl SioSession {
     }
 }
 
+impl SioSession {
+    /// A CONNECT with `{pid, offset}` in its auth, for a socket of this node still waiting
+    /// for its client (or still on a connection not yet noticed gone): the socket moves to
+    /// this connection with what it missed, without its middleware or connect handler
+    /// running again. `false`: a connect like any other follows.
+    fn recover(&mut self, ns: &Arc<Namespace>, auth: Option<&Value>) -> bool {
+        let Some(auth) = auth else {
+            return false;
+        };
+        let Some(pid) = auth.get("pid").and_then(Value::as_str).and_then(Sid::parse) else {
+            return false;
+        };
+        let Ok(offset) = super::recovery::parse_offset(auth.get("offset")) else {
+            return false;
+        };
+        let Some(socket) = ns.by_pid(pid) else {
+            return false;
+        };
+        let mut state = self.sockets.lock();
+        if state.closed || state.by_nsp.contains_key(ns.name()) {
+            return false;
+        }
+        let session = Arc::downgrade(&self.sockets);
+        if !socket.resume(&self.engine, self.handshake.clone(), session, offset) {
+            return false;
+        }
+        state.by_nsp.insert(ns.name().to_owned(), socket);
+        drop(state);
+        self.joined_once.store(true, Ordering::Release);
+        tracing::debug!(sid = %self.engine.sid(), nsp = %ns.name(), "socket recovered");
+        true
+    }
+}
+
 /// A connect in progress: what it needs once the middleware has decided.
 struct Joining {
     ns: Arc<Namespace>,
@@ -244,6 +281,7 @@ impl Joining {
             request,
             self.max_pending_acks,
             Arc::downgrade(&self.sockets),
+            Origin::fresh(self.ns.recovery().is_some()),
         );
         {
             let mut state = self.sockets.lock();
@@ -254,11 +292,7 @@ impl Joining {
         }
         self.ns.add(&socket);
         self.joined_once.store(true, Ordering::Release);
-        let answer = serde_json::json!({ "sid": socket.id().as_str() });
-        let frame = MessageFrame::build(nsp.len() + 32, |b| {
-            packet::encode_control(b, PacketType::Connect, nsp, Some(&answer))
-        });
-        let _ = self.engine.send_frames(&[frame], false);
+        let _ = self.engine.send_frames(&[socket.connect_answer()], false);
         self.ns.connected(&socket);
     }
 }
@@ -318,8 +352,9 @@ impl SessionHandler for SioSession {
             state.closed = true;
             state.by_nsp.drain().map(|(_, s)| s).collect()
         };
+        let sid = self.engine.sid();
         for socket in sockets {
-            socket.left(DisconnectReason::Transport(reason));
+            socket.transport_closed(sid, reason);
         }
     }
 }

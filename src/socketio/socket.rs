@@ -6,12 +6,14 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::namespace::{ConnectRequest, Namespace};
 use super::packet::{self, PacketType, Payload};
+use super::recovery::SentLog;
 use super::session::SessionSockets;
 use crate::engineio::{CloseReason, Handshake, MessageFrame, SendError, SessionHandle, Sid};
 
@@ -158,20 +160,55 @@ pub struct Socket(Arc<SocketInner>);
 struct SocketInner {
     id: Sid,
     ns: Arc<Namespace>,
-    engine: SessionHandle,
-    handshake: Arc<Handshake>,
     auth: Option<serde_json::Value>,
     connected: AtomicBool,
     next_ack: AtomicU64,
     acks: Mutex<HashMap<u64, oneshot::Sender<Payload>>>,
     max_pending_acks: usize,
     extensions: Extensions,
+    /// The private id a reconnecting client recovers the socket with (recovery only).
+    pid: Option<Sid>,
+    /// Whether the socket was restored from elsewhere (another node, through the store).
+    restored: bool,
+    link: Mutex<Link>,
+}
+
+/// The connection a socket sends on, and what it keeps for a recovery.
+struct Link {
+    engine: SessionHandle,
+    handshake: Arc<Handshake>,
     session: Weak<SessionSockets>,
+    /// Set while the connection is gone and the socket waits for its client to come back.
+    waiting: bool,
+    /// Bumped at every wait and resume: a wait's expiry acts only on its own wait.
+    generation: u64,
+    /// The packets sent lately (recovery only).
+    log: Option<SentLog>,
 }
 
 impl fmt::Debug for Socket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Socket({} on {})", self.0.id, self.0.ns.name())
+    }
+}
+
+/// Where a new socket starts: a fresh one, or one restored with its id, private id and next
+/// offset.
+pub(crate) struct Origin {
+    pub(crate) id: Sid,
+    pub(crate) pid: Option<Sid>,
+    pub(crate) next_offset: u64,
+    pub(crate) restored: bool,
+}
+
+impl Origin {
+    pub(crate) fn fresh(recovery: bool) -> Origin {
+        Origin {
+            id: Sid::generate(),
+            pid: recovery.then(Sid::generate),
+            next_offset: 1,
+            restored: false,
+        }
     }
 }
 
@@ -182,20 +219,33 @@ impl Socket {
         request: &ConnectRequest,
         max_pending_acks: usize,
         session: Weak<SessionSockets>,
+        origin: Origin,
     ) -> Socket {
+        let log = origin.pid.map(|_| SentLog::new(origin.next_offset));
         Socket(Arc::new(SocketInner {
-            id: Sid::generate(),
+            id: origin.id,
             ns,
-            engine,
-            handshake: request.handshake.clone(),
             auth: request.auth.clone(),
             connected: AtomicBool::new(true),
             next_ack: AtomicU64::new(0),
             acks: Mutex::new(HashMap::new()),
             max_pending_acks,
             extensions: request.extensions.take(),
-            session,
+            pid: origin.pid,
+            restored: origin.restored,
+            link: Mutex::new(Link {
+                engine,
+                handshake: request.handshake.clone(),
+                session,
+                waiting: false,
+                generation: 0,
+                log,
+            }),
         }))
+    }
+
+    fn link(&self) -> MutexGuard<'_, Link> {
+        self.0.link.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The socket's id (not the Engine.IO session id, which is never shown to other clients).
@@ -208,9 +258,22 @@ impl Socket {
         &self.0.ns
     }
 
-    /// The request that opened the connection.
-    pub fn handshake(&self) -> &Handshake {
-        &self.0.handshake
+    /// The request that opened the connection (the latest one, after a recovery).
+    pub fn handshake(&self) -> Arc<Handshake> {
+        self.link().handshake.clone()
+    }
+
+    /// The private id a reconnecting client recovers this socket with (never shown to other
+    /// clients), when its namespace has connection state recovery.
+    pub fn pid(&self) -> Option<Sid> {
+        self.0.pid
+    }
+
+    /// Whether this socket was restored from a recovery store after its connection to
+    /// another node (or an earlier process) dropped: its id, rooms and data came back, the
+    /// state kept in memory did not.
+    pub fn restored(&self) -> bool {
+        self.0.restored
     }
 
     /// The auth payload of the client's CONNECT packet, if it sent one.
@@ -228,15 +291,50 @@ impl Socket {
         self.0.connected.load(Ordering::Acquire)
     }
 
-    /// The Engine.IO session under this socket.
-    pub fn engine(&self) -> &SessionHandle {
-        &self.0.engine
+    /// The Engine.IO session under this socket (the latest one, after a recovery).
+    pub fn engine(&self) -> SessionHandle {
+        self.link().engine.clone()
+    }
+
+    /// Whether the socket's connection dropped and it waits for its client to come back.
+    pub fn waiting(&self) -> bool {
+        self.link().waiting
     }
 
     /// Emits an event. A full outbound queue closes the connection (see the Engine.IO outbox).
+    /// With recovery, the event carries the socket's next offset and is kept for a client
+    /// that comes back, also while the socket waits for it.
     pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
-        let frames = encode_event(self.ns().name(), event, None, &payload.into());
-        self.send_frames(&frames, false)
+        let payload = payload.into();
+        let Some(config) = self.ns().recovery() else {
+            let frames = encode_event(self.ns().name(), event, None, &payload);
+            return self.send_frames(&frames, false);
+        };
+        let mut link = self.link();
+        let Link {
+            engine,
+            waiting,
+            log: Some(log),
+            ..
+        } = &mut *link
+        else {
+            return Err(SendError::Closed);
+        };
+        if !self.connected() {
+            return Err(SendError::Closed);
+        }
+        let offset = log.next_offset();
+        let frames = encode_logged(self.ns().name(), event, &payload, offset);
+        let kept = log.record(offset, frames, Instant::now(), config);
+        if *waiting {
+            return Ok(());
+        }
+        if kept.is_empty() {
+            // Too big to keep: sent all the same.
+            let frames = encode_logged(self.ns().name(), event, &payload, offset);
+            return engine.send_frames(&frames, false);
+        }
+        engine.send_frames(kept, false)
     }
 
     /// Emits an event unless the outbound queue is full, in which case it is dropped.
@@ -337,7 +435,8 @@ impl Socket {
             packet::encode_control(b, PacketType::Disconnect, nsp, None)
         });
         let _ = self.send_frames(&[frame], false);
-        if let Some(session) = self.0.session.upgrade() {
+        let session = self.link().session.upgrade();
+        if let Some(session) = session {
             session.remove(self.ns().name());
         }
         self.left(DisconnectReason::ServerNamespaceDisconnect);
@@ -345,7 +444,121 @@ impl Socket {
 
     /// Closes the whole connection under the socket (every namespace on it).
     pub fn close_connection(&self) {
-        self.0.engine.close();
+        self.engine().close();
+    }
+
+    /// The connection `sid` under the socket closed: the socket leaves, or, when its
+    /// namespace has recovery and the connection merely dropped, waits for its client to
+    /// come back within the window (its rooms, state and handlers stay; what is emitted to it
+    /// meanwhile is kept for the client). A connection the socket already moved off is
+    /// nothing to it.
+    pub(crate) fn transport_closed(&self, sid: Sid, reason: CloseReason) {
+        let recoverable = matches!(
+            reason,
+            CloseReason::TransportClose
+                | CloseReason::TransportError
+                | CloseReason::PingTimeout
+                | CloseReason::OutboundOverflow
+        );
+        let wait = {
+            let mut link = self.link();
+            if link.engine.sid() != sid || link.waiting {
+                return;
+            }
+            match self.ns().recovery() {
+                Some(config) if recoverable && self.ns().start_waiting(config) => {
+                    link.waiting = true;
+                    link.generation += 1;
+                    Some((link.generation, config.window))
+                }
+                _ => None,
+            }
+        };
+        let Some((generation, window)) = wait else {
+            return self.left(DisconnectReason::Transport(reason));
+        };
+        let socket = self.clone();
+        actix_rt::spawn(async move {
+            tokio::time::sleep(window).await;
+            let expired = {
+                let mut link = socket.link();
+                let expired = link.waiting && link.generation == generation;
+                if expired {
+                    link.waiting = false;
+                }
+                expired
+            };
+            if expired {
+                socket.ns().stop_waiting();
+                socket.left(DisconnectReason::Transport(reason));
+            }
+        });
+    }
+
+    /// A client came back with this socket's private id and the last offset it saw: the
+    /// socket moves to its connection, which gets the CONNECT answer, then every packet after
+    /// `offset`, then whatever is sent next. `false` (nothing changed) when the socket left,
+    /// or the client's offset is not one it can be brought up to date from.
+    pub(crate) fn resume(
+        &self,
+        engine: &SessionHandle,
+        handshake: Arc<Handshake>,
+        session: Weak<SessionSockets>,
+        offset: Option<u64>,
+    ) -> bool {
+        let mut link = self.link();
+        if !self.connected() {
+            return false;
+        }
+        let Link {
+            engine: current,
+            log: Some(log),
+            waiting,
+            ..
+        } = &mut *link
+        else {
+            return false;
+        };
+        let Some(config) = self.ns().recovery() else {
+            return false;
+        };
+        log.prune(Instant::now(), config);
+        let Some(missed) = log.after(offset) else {
+            return false;
+        };
+        // A client back before its dropped connection was noticed: that one is let go.
+        let stale = (!*waiting && current.sid() != engine.sid()).then(|| current.clone());
+        let _ = engine.send_frames(&[self.connect_answer()], false);
+        for frames in missed {
+            let _ = engine.send_frames(frames, false);
+        }
+        if *waiting {
+            self.ns().stop_waiting();
+        }
+        link.engine = engine.clone();
+        link.handshake = handshake;
+        link.session = session;
+        link.waiting = false;
+        link.generation += 1;
+        drop(link);
+        if let Some(stale) = stale {
+            stale.close();
+        }
+        true
+    }
+
+    /// The CONNECT answer: `{sid}`, and `{pid}` with recovery.
+    pub(crate) fn connect_answer(&self) -> MessageFrame {
+        let nsp = self.ns().name();
+        MessageFrame::build(nsp.len() + 64, |b| {
+            packet::encode_control(b, PacketType::Connect, nsp, None);
+            // Ids are URL-safe base64: nothing in them to escape.
+            let _ = write!(b, r#"{{"sid":"{}""#, self.id().as_str());
+            if let Some(pid) = self.0.pid {
+                let _ = write!(b, r#","pid":"{}""#, pid.as_str());
+            }
+            b.push(b'}');
+        })
     }
 
     /// The socket has left: out of the namespace's rooms, pending acks failed, handler told.
@@ -353,7 +566,7 @@ impl Socket {
         if !self.0.connected.swap(false, Ordering::AcqRel) {
             return;
         }
-        self.ns().remove(self.id());
+        self.ns().remove(self);
         self.acks().clear();
         self.ns().disconnected(self, reason);
     }
@@ -363,7 +576,11 @@ impl Socket {
         frames: &[MessageFrame],
         volatile: bool,
     ) -> Result<(), EmitError> {
-        self.0.engine.send_frames(frames, volatile)
+        let link = self.link();
+        if link.waiting {
+            return Err(SendError::Closed);
+        }
+        link.engine.send_frames(frames, volatile)
     }
 }
 
@@ -376,6 +593,25 @@ pub(crate) fn encode_event(
     payload: &Payload,
 ) -> Vec<MessageFrame> {
     encode(nsp, PacketType::Event, Some(event), id, payload)
+}
+
+/// An event packet that carries its recovery offset as its last argument.
+fn encode_logged(nsp: &str, event: &str, payload: &Payload, offset: u64) -> Vec<MessageFrame> {
+    let kind = if payload.bins.is_empty() {
+        PacketType::Event
+    } else {
+        PacketType::BinaryEvent
+    };
+    let mut frames = Vec::with_capacity(1 + payload.bins.len());
+    frames.push(MessageFrame::build(64, |buf| {
+        let args = &payload.args;
+        packet::encode(buf, kind, nsp, None, payload.bins.len(), Some(event), args);
+        // `…]` becomes `…,"<offset>"]`: the array always holds the event's name.
+        buf.pop();
+        let _ = write!(buf, ",\"{offset}\"]");
+    }));
+    frames.extend(payload.bins.iter().cloned().map(MessageFrame::binary));
+    frames
 }
 
 fn encode(

@@ -246,22 +246,24 @@ pub struct Voice {
     pub pipelines: Pipelines,
     /// How long a socket may stay connected without authenticating.
     pub auth_timeout: Duration,
+    /// Connection state recovery (`None`: off): a socket whose connection drops keeps its
+    /// authentication and its pipeline for a client that comes back within the window.
+    pub recovery: Option<crate::socketio::RecoveryConfig>,
 }
 
-/// The running pipelines, by the Engine.IO session and socket they serve: what a shutdown
-/// waits for.
+/// The running pipelines, by the socket they serve: what a shutdown waits for.
 #[derive(Default)]
-pub struct Pipelines(Mutex<HashMap<(Sid, Sid), PipelineHandle>>);
+pub struct Pipelines(Mutex<HashMap<Sid, (Socket, PipelineHandle)>>);
 
 impl Pipelines {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Sid, Sid), PipelineHandle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Sid, (Socket, PipelineHandle)>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a socket's pipeline; a pipeline it already had is shut down.
     fn insert(&self, socket: &Socket, handle: PipelineHandle) {
         let mut map = self.lock();
-        if let Some(old) = map.insert((socket.engine().sid(), socket.id()), handle) {
+        if let Some((_, old)) = map.insert(socket.id(), (socket.clone(), handle)) {
             old.shutdown();
         }
         telemetry::voice_pipelines(map.len());
@@ -269,16 +271,17 @@ impl Pipelines {
 
     fn remove(&self, socket: &Socket) {
         let mut map = self.lock();
-        map.remove(&(socket.engine().sid(), socket.id()));
+        map.remove(&socket.id());
         telemetry::voice_pipelines(map.len());
     }
 
-    /// Engine.IO sessions with a voice turn in progress.
+    /// Engine.IO sessions with a voice turn in progress (a socket waiting for its client has
+    /// none to wait for).
     pub fn busy_sessions(&self) -> HashSet<Sid> {
         self.lock()
-            .iter()
-            .filter(|(_, handle)| handle.busy())
-            .map(|((session, _), _)| *session)
+            .values()
+            .filter(|(socket, handle)| handle.busy() && !socket.waiting())
+            .map(|(socket, _)| socket.engine().sid())
             .collect()
     }
 }
@@ -291,7 +294,11 @@ pub fn namespace(io: &SocketIo, voice: Arc<Voice>) {
         voice.clone(),
         voice.clone(),
     );
+    let recovery = voice.recovery;
     io.namespace(NAMESPACE, move |ns| {
+        if let Some(config) = recovery {
+            ns.recovery(config);
+        }
         ns.middleware_async(move |req| {
             let auth = connecting.clone();
             async move { connect(&auth, req).await }

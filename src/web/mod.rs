@@ -164,6 +164,12 @@ impl Voxio {
             stages,
             pipelines: voice::Pipelines::default(),
             auth_timeout: Duration::from_millis(args.auth_timeout_ms),
+            recovery: (args.recovery_window_ms > 0).then(|| crate::socketio::RecoveryConfig {
+                window: Duration::from_millis(args.recovery_window_ms),
+                max_packets: args.recovery_max_packets.max(1),
+                max_bytes: args.recovery_max_bytes.max(1),
+                max_waiting: args.recovery_max_waiting,
+            }),
         });
         voice::namespace(&io, voice.clone());
         let cluster = match &args.redis_url {
