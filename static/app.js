@@ -53,6 +53,7 @@
   const stats = {
     state: "connecting",
     connects: 0,
+    recoveries: 0, // reconnections that got the same socket back (nothing missed)
     transport: "",
     authenticated: false,
     ready: false,
@@ -182,9 +183,25 @@
   });
   socket.io.on("reconnect_attempt", () => setStatus("reconnecting", "Reconnecting…"));
 
+  // What the socket was when its connection dropped: a recovered socket is that again.
+  let beforeDrop = null;
+
   socket.on("connect", () => {
     stats.connects += 1;
     updateTransport();
+    const was = beforeDrop;
+    beforeDrop = null;
+    if (socket.recovered && was) {
+      // The server kept this socket, its authentication and its conversation, and has just
+      // sent every event missed meanwhile: no PIN, nothing to start again.
+      stats.recoveries += 1;
+      stats.authenticated = was.authenticated;
+      stats.ready = was.ready;
+      setStatus(was.authenticated ? "authenticated" : "connected", "Reconnected — nothing lost");
+      setVoiceEnabled(stats.ready);
+      if (stats.ready && mic.running) sendAudioStart();
+      return;
+    }
     if (rememberedPin) {
       setStatus("connected", "Connected! Authenticating…");
       socket.emit("authenticate", { pin: rememberedPin });
@@ -195,11 +212,16 @@
   });
 
   socket.on("disconnect", (reason) => {
+    beforeDrop = { authenticated: stats.authenticated, ready: stats.ready };
     stats.authenticated = false;
     stats.ready = false;
     updateTransport();
     setVoiceEnabled(false);
-    player.clear(false);
+    // An answer being spoken plays on: if the socket comes back, the rest follows.
+    if (reason === "io client disconnect" || reason === "io server disconnect") {
+      beforeDrop = null;
+      player.clear(false);
+    }
     if (reason === "io client disconnect") {
       setStatus("error", "Disconnected.");
     } else if (reason === "io server disconnect") {
