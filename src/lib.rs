@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod engineio;
 pub mod protocol_test;
+pub mod recovery_store;
 pub mod server;
 pub mod socketio;
 pub mod telemetry;

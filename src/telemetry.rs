@@ -133,6 +133,10 @@ fn describe() {
         "voxio_voice_pipelines",
         "Voice pipelines running on this node (one per authenticated /voice socket)"
     );
+    describe_counter!(
+        "voxio_voice_restored_total",
+        "Authenticated /voice sockets restored on this node from the recovery store (their node went away)"
+    );
 }
 
 /// Engine.IO counters, one handle each per transport.
@@ -274,6 +278,11 @@ pub fn redis_error(component: &'static str) {
 /// How many voice pipelines run now.
 pub(crate) fn voice_pipelines(n: usize) {
     gauge!("voxio_voice_pipelines").set(n as f64);
+}
+
+/// Counts an authenticated `/voice` socket restored from the recovery store.
+pub(crate) fn voice_restored() {
+    counter!("voxio_voice_restored_total").increment(1);
 }
 
 pub fn cluster_nodes(n: usize) {

@@ -272,6 +272,14 @@ impl MessageFrame {
         self.len() == 0
     }
 
+    /// The message's bytes, for a binary message.
+    pub fn as_binary(&self) -> Option<&Bytes> {
+        match &self.0 {
+            OutFrame::Text(_) => None,
+            OutFrame::Binary(data) => Some(data),
+        }
+    }
+
     /// The message's text, for a text message.
     pub fn as_text(&self) -> Option<&str> {
         match &self.0 {

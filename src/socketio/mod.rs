@@ -36,7 +36,7 @@ use std::time::Duration;
 pub use adapter::{Adapter, Broadcast, Operation, Target};
 pub use namespace::{BroadcastOperator, ConnectError, ConnectRequest, Namespace, NamespaceBuilder};
 pub use packet::Payload;
-pub use recovery::RecoveryConfig;
+pub use recovery::{RecoveryConfig, RecoveryStore, Restored, SocketRecord};
 pub use socket::{AckError, AckSender, DisconnectReason, EmitError, Event, Extensions, Socket};
 
 use crate::engineio::{EngineHandler, Handshake, SessionHandle, SessionHandler};
@@ -81,6 +81,7 @@ pub(crate) struct IoInner {
     pub(crate) config: SocketIoConfig,
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
     adapter: namespace::AdapterSlot,
+    store: namespace::StoreSlot,
 }
 
 impl SocketIo {
@@ -91,6 +92,7 @@ impl SocketIo {
                 config,
                 namespaces: RwLock::new(HashMap::new()),
                 adapter: Arc::default(),
+                store: Arc::default(),
             }),
         }
     }
@@ -104,7 +106,7 @@ impl SocketIo {
     ) -> Arc<Namespace> {
         let mut builder = NamespaceBuilder::new(name);
         build(&mut builder);
-        let ns = builder.finish(self.inner.adapter.clone());
+        let ns = builder.finish(self.inner.adapter.clone(), self.inner.store.clone());
         self.inner
             .namespaces
             .write()
@@ -125,6 +127,40 @@ impl SocketIo {
             .adapter
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(adapter);
+    }
+
+    /// Keeps the recoverable sockets of this server's namespaces in `store` from now on, so
+    /// that their clients recover on another node (or after a restart). Starts the task
+    /// that tells the store which sockets are still alive, every third of the shortest
+    /// window (on the current actix/tokio runtime).
+    pub fn set_recovery_store(&self, store: Arc<dyn RecoveryStore>) {
+        *self.inner.store.write().unwrap_or_else(|e| e.into_inner()) = Some(store.clone());
+        let inner = Arc::downgrade(&self.inner);
+        actix_rt::spawn(async move {
+            loop {
+                let Some(io) = inner.upgrade() else { return };
+                let namespaces: Vec<Arc<Namespace>> = io
+                    .namespaces
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .filter(|ns| ns.recovery().is_some())
+                    .cloned()
+                    .collect();
+                drop(io);
+                let every = namespaces
+                    .iter()
+                    .filter_map(|ns| ns.recovery().map(|c| c.window / 3))
+                    .min()
+                    .unwrap_or(Duration::from_secs(10))
+                    .max(Duration::from_millis(100));
+                let pids: Vec<_> = namespaces.iter().flat_map(|ns| ns.pids()).collect();
+                if !pids.is_empty() {
+                    store.touch(pids);
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
     }
 
     /// Applies a broadcast that another node published, to this node's sockets only. Returns

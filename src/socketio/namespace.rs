@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::adapter::{Adapter, Broadcast, Operation, Target};
 use super::packet::Payload;
-use super::recovery::RecoveryConfig;
+use super::recovery::{RecoveryConfig, RecoveryStore};
 use super::socket::{encode_event, DisconnectReason, Event, Extensions, Socket};
 use crate::engineio::{Handshake, Sid};
 
@@ -66,6 +66,8 @@ type ConnectHandler = Arc<dyn Fn(&Socket) + Send + Sync>;
 type DisconnectHandler = Arc<dyn Fn(&Socket, DisconnectReason) + Send + Sync>;
 /// The server's adapter, shared by its namespaces (set after they are declared).
 pub(crate) type AdapterSlot = Arc<RwLock<Option<Arc<dyn Adapter>>>>;
+/// The server's recovery store, shared by its namespaces (set after they are declared).
+pub(crate) type StoreSlot = Arc<RwLock<Option<Arc<dyn RecoveryStore>>>>;
 
 /// Declares a namespace's middleware and handlers; see [`super::SocketIo::namespace`].
 pub struct NamespaceBuilder {
@@ -158,9 +160,10 @@ impl NamespaceBuilder {
         self
     }
 
-    pub(crate) fn finish(self, adapter: AdapterSlot) -> Arc<Namespace> {
+    pub(crate) fn finish(self, adapter: AdapterSlot, store: StoreSlot) -> Arc<Namespace> {
         Arc::new(Namespace {
             adapter,
+            store,
             name: self.name,
             middleware: self.middleware,
             on_connect: self.on_connect,
@@ -197,6 +200,7 @@ pub struct Namespace {
     waiting: AtomicUsize,
     rooms: RwLock<Rooms>,
     adapter: AdapterSlot,
+    store: StoreSlot,
 }
 
 impl Namespace {
@@ -223,6 +227,18 @@ impl Namespace {
     /// Sockets waiting for their client to come back.
     pub fn waiting_count(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Where recoverable sockets are kept for other nodes, when the namespace has recovery
+    /// and the server a store.
+    pub(crate) fn store(&self) -> Option<Arc<dyn RecoveryStore>> {
+        self.recovery.as_ref()?;
+        self.store.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The private ids of this node's recoverable sockets.
+    pub(crate) fn pids(&self) -> Vec<Sid> {
+        self.read().by_pid.keys().copied().collect()
     }
 
     /// The socket with this private id.

@@ -15,7 +15,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::engineio::MessageFrame;
+use serde::{Deserialize, Serialize};
+
+use crate::engineio::{MessageFrame, Sid};
 
 /// A namespace's recovery settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +124,10 @@ impl SentLog {
 
     /// The packets after `offset` (`None`: the client saw none), oldest first; `None` when
     /// some of them were let go or `offset` was never given out.
-    pub(crate) fn after(&self, offset: Option<u64>) -> Option<impl Iterator<Item = &[MessageFrame]>> {
+    pub(crate) fn after(
+        &self,
+        offset: Option<u64>,
+    ) -> Option<impl Iterator<Item = &[MessageFrame]>> {
         let seen = offset.unwrap_or(0);
         if seen < self.let_go || seen >= self.next {
             return None;
@@ -142,6 +147,65 @@ pub(crate) fn parse_offset(value: Option<&serde_json::Value>) -> Result<Option<u
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(text)) => text.parse().map(Some).map_err(|_| ()),
         Some(_) => Err(()),
+    }
+}
+
+/// What a recovery store keeps of one socket besides its packets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SocketRecord {
+    /// The socket's id.
+    pub id: String,
+    /// Its namespace.
+    pub nsp: String,
+    /// The rooms it joined (besides its own).
+    pub rooms: Vec<String>,
+    /// What the application keeps with it ([`Socket::set_data`](super::Socket::set_data)).
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+}
+
+/// A socket brought back from a store: its record, the packets after the client's offset,
+/// and the offset its next packet gets.
+#[derive(Debug)]
+pub struct Restored {
+    /// The socket's record.
+    pub record: SocketRecord,
+    /// What the client missed, oldest first.
+    pub missed: Vec<Vec<MessageFrame>>,
+    /// The offset of the next packet.
+    pub next_offset: u64,
+}
+
+/// Keeps recoverable sockets and their packets where another node (or a restarted
+/// process) finds them, so that a client whose node went away recovers on another. Writes
+/// never wait (they are queued and may be lost when the store is away: a recovery then
+/// fails and the client gets a fresh socket); a restore waits.
+pub trait RecoveryStore: Send + Sync {
+    /// The socket with private id `pid` is (still) this: written when it joins and when its
+    /// rooms or data change.
+    fn save(&self, pid: Sid, record: &SocketRecord);
+    /// The packet sent to `pid` with `offset`.
+    fn append(&self, pid: Sid, offset: u64, frames: &[MessageFrame]);
+    /// These sockets are alive: their records are kept another window.
+    fn touch(&self, pids: Vec<Sid>);
+    /// The socket left for good.
+    fn forget(&self, pid: Sid);
+    /// The socket `pid` of `nsp` with what follows `offset`; `None` when the store does not
+    /// have it, or cannot bring the client up to date from `offset`.
+    fn restore(
+        &self,
+        nsp: &str,
+        pid: Sid,
+        offset: Option<u64>,
+    ) -> futures_util::future::BoxFuture<'static, Option<Restored>>;
+}
+
+/// Whether a client that saw up to `seen` (0: nothing) can be brought up to date from kept
+/// offsets `first..=last` (`None`: nothing kept); returns the next offset to give out.
+pub fn next_after(seen: u64, kept: Option<(u64, u64)>) -> Option<u64> {
+    match kept {
+        None => (seen == 0).then_some(1),
+        Some((first, last)) => (seen + 1 >= first && seen <= last).then_some(last + 1),
     }
 }
 
@@ -220,6 +284,18 @@ mod tests {
         assert_eq!(texts(log.after(Some(7)).unwrap()), Vec::<String>::new());
         assert_eq!(send(&mut log, "h", now, &config), 8);
         assert_eq!(texts(log.after(Some(7)).unwrap()), ["h"]);
+    }
+
+    #[test]
+    fn a_store_recovers_only_a_client_it_can_bring_up_to_date() {
+        assert_eq!(next_after(0, None), Some(1));
+        assert_eq!(next_after(3, None), None);
+        assert_eq!(next_after(0, Some((1, 5))), Some(6));
+        assert_eq!(next_after(5, Some((1, 5))), Some(6));
+        assert_eq!(next_after(6, Some((1, 5))), None);
+        // 1..=3 trimmed: a client that saw 3 misses nothing, one that saw 2 would.
+        assert_eq!(next_after(3, Some((4, 9))), Some(10));
+        assert_eq!(next_after(2, Some((4, 9))), None);
     }
 
     #[test]

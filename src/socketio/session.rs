@@ -188,8 +188,18 @@ impl SioSession {
         if self.sockets.get(&nsp).is_some() {
             return;
         }
-        if ns.recovery().is_some() && self.recover(&ns, auth.as_ref()) {
-            return;
+        // A client coming back: its socket on this node, or else in the recovery store.
+        let mut from_store = None;
+        if ns.recovery().is_some() {
+            match self.recover(&ns, auth.as_ref()) {
+                Recovery::Done => return,
+                Recovery::Elsewhere(pid, offset) => {
+                    from_store = ns
+                        .store()
+                        .map(|store| (store.restore(&nsp, pid, offset), pid));
+                }
+                Recovery::None => {}
+            }
         }
         let request = ConnectRequest {
             nsp: nsp.to_string(),
@@ -204,13 +214,20 @@ impl SioSession {
             joined_once: self.joined_once.clone(),
             max_pending_acks: self.io.config.max_pending_acks,
         };
-        if joining.ns.middleware.is_empty() {
+        if from_store.is_none() && joining.ns.middleware.is_empty() {
             joining.finish(&request, Ok(()));
             return;
         }
         let request = Arc::new(request);
         let checks = joining.ns.middleware.clone();
         actix_rt::spawn(async move {
+            if let Some((restoring, pid)) = from_store {
+                if let Some(restored) = restoring.await {
+                    if joining.restored(&request, pid, restored) {
+                        return;
+                    }
+                }
+            }
             let mut verdict = Ok(());
             for check in checks {
                 verdict = check(request.clone()).await;
@@ -223,37 +240,47 @@ impl SioSession {
     }
 }
 
+/// What came of a CONNECT's recovery attempt on this node.
+enum Recovery {
+    /// The socket was here and took this connection.
+    Done,
+    /// Not here: the private id and offset the client gave, to look for elsewhere.
+    Elsewhere(Sid, Option<u64>),
+    /// Not a recovery (or one that cannot be).
+    None,
+}
+
 impl SioSession {
     /// A CONNECT with `{pid, offset}` in its auth, for a socket of this node still waiting
     /// for its client (or still on a connection not yet noticed gone): the socket moves to
     /// this connection with what it missed, without its middleware or connect handler
     /// running again. `false`: a connect like any other follows.
-    fn recover(&mut self, ns: &Arc<Namespace>, auth: Option<&Value>) -> bool {
+    fn recover(&mut self, ns: &Arc<Namespace>, auth: Option<&Value>) -> Recovery {
         let Some(auth) = auth else {
-            return false;
+            return Recovery::None;
         };
         let Some(pid) = auth.get("pid").and_then(Value::as_str).and_then(Sid::parse) else {
-            return false;
+            return Recovery::None;
         };
         let Ok(offset) = super::recovery::parse_offset(auth.get("offset")) else {
-            return false;
+            return Recovery::None;
         };
         let Some(socket) = ns.by_pid(pid) else {
-            return false;
+            return Recovery::Elsewhere(pid, offset);
         };
         let mut state = self.sockets.lock();
         if state.closed || state.by_nsp.contains_key(ns.name()) {
-            return false;
+            return Recovery::None;
         }
         let session = Arc::downgrade(&self.sockets);
         if !socket.resume(&self.engine, self.handshake.clone(), session, offset) {
-            return false;
+            return Recovery::None;
         }
         state.by_nsp.insert(ns.name().to_owned(), socket);
         drop(state);
         self.joined_once.store(true, Ordering::Release);
         tracing::debug!(sid = %self.engine.sid(), nsp = %ns.name(), "socket recovered");
-        true
+        Recovery::Done
     }
 }
 
@@ -293,7 +320,57 @@ impl Joining {
         self.ns.add(&socket);
         self.joined_once.store(true, Ordering::Release);
         let _ = self.engine.send_frames(&[socket.connect_answer()], false);
+        socket.save();
         self.ns.connected(&socket);
+    }
+}
+
+impl Joining {
+    /// A socket restored from the recovery store takes this connection: same id, rooms and
+    /// data, the packets the client missed sent after the CONNECT answer, then the
+    /// namespace's connect handler runs (it sees [`Socket::restored`]). `false`: the
+    /// connection went or joined meanwhile, nothing was done.
+    fn restored(&self, request: &ConnectRequest, pid: Sid, restored: super::Restored) -> bool {
+        let Some(id) = Sid::parse(&restored.record.id) else {
+            return false;
+        };
+        let origin = Origin {
+            id,
+            pid: Some(pid),
+            next_offset: restored.next_offset,
+            restored: true,
+        };
+        let socket = Socket::new(
+            self.ns.clone(),
+            self.engine.clone(),
+            request,
+            self.max_pending_acks,
+            Arc::downgrade(&self.sockets),
+            origin,
+        );
+        socket.restore_data(restored.record.data);
+        {
+            let mut state = self.sockets.lock();
+            if state.closed || state.by_nsp.contains_key(self.ns.name()) {
+                return false;
+            }
+            state
+                .by_nsp
+                .insert(self.ns.name().to_owned(), socket.clone());
+        }
+        self.ns.add(&socket);
+        for room in restored.record.rooms {
+            self.ns.join(socket.id(), room);
+        }
+        self.joined_once.store(true, Ordering::Release);
+        let _ = self.engine.send_frames(&[socket.connect_answer()], false);
+        for frames in &restored.missed {
+            let _ = self.engine.send_frames(frames, false);
+        }
+        socket.save();
+        tracing::debug!(sid = %self.engine.sid(), nsp = %self.ns.name(), "socket restored");
+        self.ns.connected(&socket);
+        true
     }
 }
 

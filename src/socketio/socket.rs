@@ -4,9 +4,9 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -170,6 +170,8 @@ struct SocketInner {
     pid: Option<Sid>,
     /// Whether the socket was restored from elsewhere (another node, through the store).
     restored: bool,
+    /// What the application keeps with the socket where a recovery store has it too.
+    data: Mutex<Option<serde_json::Value>>,
     link: Mutex<Link>,
 }
 
@@ -233,6 +235,7 @@ impl Socket {
             extensions: request.extensions.take(),
             pid: origin.pid,
             restored: origin.restored,
+            data: Mutex::new(None),
             link: Mutex::new(Link {
                 engine,
                 handshake: request.handshake.clone(),
@@ -281,9 +284,54 @@ impl Socket {
         self.0.auth.as_ref()
     }
 
-    /// Per-socket state.
+    /// Per-socket state (in this process only).
     pub fn extensions(&self) -> &Extensions {
         &self.0.extensions
+    }
+
+    /// What the application keeps with the socket in the recovery store, so that a socket
+    /// restored on another node has it back (for example who authenticated). Kept in this
+    /// process too, with or without a store.
+    pub fn set_data(&self, data: serde_json::Value) {
+        *self.0.data.lock().unwrap_or_else(|e| e.into_inner()) = Some(data);
+        self.save();
+    }
+
+    /// The data set with [`Socket::set_data`] (restored with the socket).
+    pub fn data(&self) -> Option<serde_json::Value> {
+        self.0
+            .data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn restore_data(&self, data: Option<serde_json::Value>) {
+        *self.0.data.lock().unwrap_or_else(|e| e.into_inner()) = data;
+    }
+
+    /// What the recovery store keeps of the socket.
+    pub(crate) fn record(&self) -> super::SocketRecord {
+        let own = self.id();
+        super::SocketRecord {
+            id: own.as_str().to_owned(),
+            nsp: self.ns().name().to_owned(),
+            rooms: self
+                .rooms()
+                .into_iter()
+                .filter(|room| room != own.as_str())
+                .collect(),
+            data: self.data(),
+        }
+    }
+
+    /// Writes the socket's record to the recovery store, if there is one.
+    pub(crate) fn save(&self) {
+        if let (Some(pid), Some(store)) = (self.0.pid, self.ns().store()) {
+            if self.connected() {
+                store.save(pid, &self.record());
+            }
+        }
     }
 
     /// Whether the socket is still in its namespace.
@@ -326,6 +374,9 @@ impl Socket {
         let offset = log.next_offset();
         let frames = encode_logged(self.ns().name(), event, &payload, offset);
         let kept = log.record(offset, frames, Instant::now(), config);
+        if let (Some(store), Some(pid)) = (self.ns().store(), self.0.pid) {
+            store.append(pid, offset, kept);
+        }
         if *waiting {
             return Ok(());
         }
@@ -402,11 +453,13 @@ impl Socket {
     /// Joins a room of the namespace.
     pub fn join(&self, room: impl Into<String>) {
         self.ns().join(self.id(), room.into());
+        self.save();
     }
 
     /// Leaves a room.
     pub fn leave(&self, room: &str) {
         self.ns().leave(self.id(), room);
+        self.save();
     }
 
     /// The rooms the socket is in (its own id's room included).
@@ -568,6 +621,12 @@ impl Socket {
         }
         self.ns().remove(self);
         self.acks().clear();
+        // A node shutting down leaves its sockets' records for another node to recover.
+        if reason != DisconnectReason::Transport(CloseReason::ServerShutdown) {
+            if let (Some(pid), Some(store)) = (self.0.pid, self.ns().store()) {
+                store.forget(pid);
+            }
+        }
         self.ns().disconnected(self, reason);
     }
 

@@ -200,7 +200,44 @@ fn logged_out() -> Value {
     auth_error("logged_out", "You logged out.", Duration::ZERO)
 }
 
+/// What a socket keeps in the recovery store of its authentication, so that it is still
+/// authenticated when restored on another node.
+fn keep_authenticated(socket: &Socket, who: &Authenticated) {
+    socket.set_data(json!({ "via": who.via, "login": who.login }));
+}
+
+/// The authentication a restored socket had.
+fn kept_authenticated(socket: &Socket) -> Option<Authenticated> {
+    let data = socket.data()?;
+    let via = match data.get("via")?.as_str()? {
+        "pin" => "pin",
+        "token" => "token",
+        _ => return None,
+    };
+    let login = data.get("login").and_then(Value::as_str).map(str::to_owned);
+    Some(Authenticated { via, login })
+}
+
+/// A socket restored from the recovery store (its node went away): authenticated as it
+/// was, with a new pipeline that has the user's list and history (from Redis). The client
+/// already knows it is authenticated and ready: it is only sent its list.
+fn on_restored(voice: &Voice, socket: &Socket) {
+    let Some(who) = kept_authenticated(socket) else {
+        return disconnect_unless_authenticated(socket.clone(), voice.auth_timeout);
+    };
+    socket.extensions().insert(who.clone());
+    telemetry::voice_restored();
+    start(voice, socket, &who, false);
+}
+
 fn on_authenticated(voice: &Voice, socket: &Socket, who: &Authenticated) {
+    keep_authenticated(socket, who);
+    start(voice, socket, who, true);
+}
+
+/// Starts what an authenticated socket has: its login's room, its pipeline, its list; with
+/// `announce`, `authenticated` and `session.ready` first and last.
+fn start(voice: &Voice, socket: &Socket, who: &Authenticated, announce: bool) {
     if let Some(login) = &who.login {
         socket.join(login_room(login));
         // A logout between the token check and the join above: its broadcast missed this
@@ -213,7 +250,9 @@ fn on_authenticated(voice: &Voice, socket: &Socket, who: &Authenticated) {
             }
         });
     }
-    let _ = socket.emit("authenticated", json!({ "via": who.via }));
+    if announce {
+        let _ = socket.emit("authenticated", json!({ "via": who.via }));
+    }
     if let Some(stages) = &voice.stages {
         let user = who.login.clone().unwrap_or_else(|| "pin".to_owned());
         let handle = Pipeline::start(socket.clone(), user.clone(), stages.clone());
@@ -224,15 +263,19 @@ fn on_authenticated(voice: &Voice, socket: &Socket, who: &Authenticated) {
             let socket = socket.clone();
             actix_rt::spawn(async move {
                 let _ = socket.emit("todos", json!({ "items": items.await }));
-                let _ = socket.emit("session.ready", json!({ "pipeline": true }));
+                if announce {
+                    let _ = socket.emit("session.ready", json!({ "pipeline": true }));
+                }
             });
             return;
         }
     }
-    let _ = socket.emit(
-        "session.ready",
-        json!({ "pipeline": voice.stages.is_some() }),
-    );
+    if announce {
+        let _ = socket.emit(
+            "session.ready",
+            json!({ "pipeline": voice.stages.is_some() }),
+        );
+    }
 }
 
 /// What `/voice` needs: authentication, and the pipeline's stages (`None`: audio is
@@ -304,7 +347,9 @@ pub fn namespace(io: &SocketIo, voice: Arc<Voice>) {
             async move { connect(&auth, req).await }
         })
         .on_connect(move |socket| {
-            if let Some(who) = socket.extensions().get::<Authenticated>() {
+            if socket.restored() {
+                on_restored(&connected, socket);
+            } else if let Some(who) = socket.extensions().get::<Authenticated>() {
                 on_authenticated(&connected, socket, &who);
             } else {
                 disconnect_unless_authenticated(socket.clone(), connected.auth_timeout);

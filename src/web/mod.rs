@@ -186,6 +186,19 @@ impl Voxio {
                 },
             )?),
         };
+        if let (Some((connection, timeout)), Some(recovery)) = (&redis_ping, voice.recovery) {
+            // A client whose node went away recovers its /voice socket on another.
+            io.set_recovery_store(Arc::new(crate::recovery_store::RedisRecovery::start(
+                connection.clone(),
+                crate::recovery_store::RedisRecoveryConfig {
+                    prefix: "voxio".into(),
+                    window: recovery.window,
+                    max_packets: recovery.max_packets,
+                    queue: args.cluster_queue.max(4096) * 4,
+                    timeout: *timeout,
+                },
+            )));
+        }
         let mut engine_config = args.engine.engine_config();
         let proxies = auth.proxies.clone();
         engine_config.client_of = crate::engineio::ClientOf(Arc::new(move |peer, headers| {
