@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64_URL;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -46,6 +47,10 @@ pub struct ClusterConfig {
     pub queue: usize,
     /// How long one Redis command may take.
     pub timeout: Duration,
+    /// The base URL (`http://host:port`) other nodes reach this one at, announced in its
+    /// heartbeats: they forward polling requests for its sessions there. `None`: not
+    /// announced (requests for its sessions that reach another node are refused there).
+    pub url: Option<String>,
 }
 
 /// One node's view of the cluster. Cheap to clone.
@@ -56,10 +61,19 @@ pub struct Cluster {
 
 struct Inner {
     node: String,
+    /// The start of this node's session ids.
+    tag: String,
     config: ClusterConfig,
     outgoing: mpsc::Sender<Outgoing>,
-    peers: Mutex<HashMap<String, Instant>>,
+    peers: Mutex<HashMap<String, Peer>>,
     subscribed: AtomicBool,
+}
+
+/// Another node, as its heartbeats describe it.
+struct Peer {
+    seen: Instant,
+    tag: Option<String>,
+    url: Option<String>,
 }
 
 enum Outgoing {
@@ -93,6 +107,10 @@ enum WireOp {
         volatile: bool,
     },
     Disconnect,
+    /// A socket restored on the sending node (see [`Operation::Release`]).
+    Release {
+        pid: String,
+    },
 }
 
 /// A message on the nodes channel.
@@ -101,6 +119,12 @@ struct NodeNote {
     node: String,
     /// `alive` or `bye`.
     state: String,
+    /// The start of the node's session ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tag: Option<String>,
+    /// Where the node takes forwarded polling requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
 }
 
 impl Cluster {
@@ -114,10 +138,16 @@ impl Cluster {
             rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         };
+        let tag = {
+            let mut id = [0u8; 3];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
+            BASE64_URL.encode(id)
+        };
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 node,
+                tag,
                 config,
                 outgoing: tx,
                 peers: Mutex::new(HashMap::new()),
@@ -137,6 +167,26 @@ impl Cluster {
         &self.inner.node
     }
 
+    /// The start of this node's session ids (give it to the engine).
+    pub fn tag(&self) -> &str {
+        &self.inner.tag
+    }
+
+    /// The URL of the node whose session `sid` is, when that is another node heard within
+    /// the timeout that announced one.
+    pub fn owner_url(&self, sid: Sid) -> Option<String> {
+        let tag = sid.tag();
+        if tag == self.inner.tag {
+            return None;
+        }
+        let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let timeout = self.inner.config.node_timeout;
+        peers
+            .values()
+            .find(|peer| peer.tag.as_deref() == Some(tag) && peer.seen.elapsed() < timeout)
+            .and_then(|peer| peer.url.clone())
+    }
+
     /// Nodes heard within the timeout, this one included.
     pub fn nodes(&self) -> usize {
         1 + self.peers().len()
@@ -147,8 +197,8 @@ impl Cluster {
         let mut peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
         let timeout = self.inner.config.node_timeout;
         let before = peers.len();
-        peers.retain(|node, seen| {
-            let alive = seen.elapsed() < timeout;
+        peers.retain(|node, peer| {
+            let alive = peer.seen.elapsed() < timeout;
             if !alive {
                 tracing::warn!(%node, "cluster: node not heard for {timeout:?}, forgotten");
             }
@@ -190,7 +240,14 @@ impl Cluster {
                 }
                 false
             }
-            _ => peers.insert(note.node.clone(), Instant::now()).is_some(),
+            _ => {
+                let peer = Peer {
+                    seen: Instant::now(),
+                    tag: note.tag.clone(),
+                    url: note.url.clone(),
+                };
+                peers.insert(note.node.clone(), peer).is_some()
+            }
         };
         if !known && note.state != "bye" {
             tracing::info!(node = %note.node, "cluster: node joined");
@@ -223,6 +280,9 @@ fn encode(node: &str, broadcast: Broadcast) -> String {
             volatile,
         },
         Operation::Disconnect => WireOp::Disconnect,
+        Operation::Release { pid } => WireOp::Release {
+            pid: pid.to_string(),
+        },
     };
     let wire = Wire {
         v: 1,
@@ -259,6 +319,9 @@ fn decode(bytes: &[u8]) -> Option<(String, Broadcast)> {
             }
         }
         WireOp::Disconnect => Operation::Disconnect,
+        WireOp::Release { pid } => Operation::Release {
+            pid: Sid::parse(&pid)?,
+        },
     };
     let except = wire
         .except
@@ -374,6 +437,8 @@ async fn publisher(cluster: Cluster, client: redis::Client, mut rx: mpsc::Receiv
     let alive = serde_json::to_string(&NodeNote {
         node: cluster.inner.node.clone(),
         state: "alive".into(),
+        tag: Some(cluster.inner.tag.clone()),
+        url: cluster.inner.config.url.clone(),
     })
     .unwrap_or_default();
     let mut heartbeat = tokio::time::interval(cluster.inner.config.heartbeat);
@@ -393,6 +458,8 @@ async fn publisher(cluster: Cluster, client: redis::Client, mut rx: mpsc::Receiv
                     let bye = serde_json::to_string(&NodeNote {
                         node: cluster.inner.node.clone(),
                         state: "bye".into(),
+                        tag: None,
+                        url: None,
                     })
                     .unwrap_or_default();
                     (nodes.as_str(), bye, Some(done))

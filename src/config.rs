@@ -258,6 +258,13 @@ pub struct ServerArgs {
     /// Milliseconds after which a silent node is forgotten by the others.
     #[arg(long, env = "VOXIO_CLUSTER_NODE_TIMEOUT_MS", default_value_t = 6_000)]
     pub cluster_node_timeout_ms: u64,
+    /// The base URL other nodes reach this one at (`http://voxio1:8080`), announced in its
+    /// heartbeats: a polling request for one of its sessions that reaches another node is
+    /// forwarded here, so the load balancer needs no sticky sessions. Unset: this node's
+    /// address when it binds a specific one (`http://<VOXIO_BIND>`); when it binds every
+    /// address, nothing is announced and requests for its sessions must come to it.
+    #[arg(long, env = "VOXIO_CLUSTER_URL")]
+    pub cluster_url: Option<String>,
     /// Broadcasts queued for Redis at most; beyond it (Redis slow or away) they are dropped
     /// for the other nodes and counted, and still delivered on this one.
     #[arg(long, env = "VOXIO_CLUSTER_QUEUE", default_value_t = 4096)]

@@ -11,6 +11,7 @@ pub mod bench_voice;
 pub mod cluster;
 pub mod config;
 pub mod engineio;
+pub mod forward;
 pub mod protocol_test;
 pub mod recovery_store;
 pub mod server;

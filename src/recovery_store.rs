@@ -135,7 +135,10 @@ async fn writer(store: RedisRecovery, mut rx: mpsc::Receiver<Write>) {
     let mut failing = false;
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
+        // One transaction a batch: a node that dies mid-batch leaves all of it or none
+        // (a packet and the record written after it stay consistent).
         let mut pipe = redis::pipe();
+        pipe.atomic();
         for write in batch.drain(..) {
             store.add(&mut pipe, write);
         }

@@ -134,6 +134,14 @@ fn describe() {
         "Voice pipelines running on this node (one per authenticated /voice socket)"
     );
     describe_counter!(
+        "voxio_engine_polling_requests_total",
+        "Polling requests received, straight from their client (direct) or forwarded by the node they reached"
+    );
+    describe_counter!(
+        "voxio_engine_forwarded_total",
+        "Polling requests for another node's session forwarded to it, by result"
+    );
+    describe_counter!(
         "voxio_voice_restored_total",
         "Authenticated /voice sockets restored on this node from the recovery store (their node went away)"
     );
@@ -148,6 +156,8 @@ struct EngineMetrics {
     pub bytes_in: [Counter; 2],
     pub bytes_out: [Counter; 2],
     pub upgrades: Counter,
+    /// Polling requests: straight from the client, forwarded by another node.
+    pub polling_requests: [Counter; 2],
 }
 
 /// The transports, in the order of the per-transport arrays ([`index`]).
@@ -173,6 +183,8 @@ static ENGINE: LazyLock<EngineMetrics> = LazyLock::new(|| EngineMetrics {
         |t| counter!("voxio_engine_bytes_total", "direction" => "out", "transport" => t),
     ),
     upgrades: counter!("voxio_engine_upgrades_total"),
+    polling_requests: ["direct", "forwarded"]
+        .map(|via| counter!("voxio_engine_polling_requests_total", "via" => via)),
 });
 
 /// Where `transport` is in [`TRANSPORTS`].
@@ -194,6 +206,10 @@ impl EngineTelemetry {
 }
 
 impl EngineObserver for EngineTelemetry {
+    fn polling_request(&self, forwarded: bool) {
+        ENGINE.polling_requests[usize::from(forwarded)].increment(1);
+    }
+
     fn opened(&self, transport: TransportKind) {
         ENGINE.sessions[index(transport)].increment(1.0);
         ENGINE.opened[index(transport)].increment(1);
@@ -278,6 +294,12 @@ pub fn redis_error(component: &'static str) {
 /// How many voice pipelines run now.
 pub(crate) fn voice_pipelines(n: usize) {
     gauge!("voxio_voice_pipelines").set(n as f64);
+}
+
+/// Counts a polling request forwarded to the node holding its session, by result (`ok`,
+/// `failed`: the owner could not be reached, `too_large`).
+pub(crate) fn forwarded(result: &'static str) {
+    counter!("voxio_engine_forwarded_total", "result" => result).increment(1);
 }
 
 /// Counts an authenticated `/voice` socket restored from the recovery store.

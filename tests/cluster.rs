@@ -32,6 +32,7 @@ fn node(redis: &Redis) -> (TestServer, Cluster) {
             node_timeout: Duration::from_millis(600),
             queue: 64,
             timeout: Duration::from_millis(500),
+            url: None,
         },
     )
     .expect("cluster");

@@ -140,6 +140,36 @@ pub struct EngineConfig {
     /// Told of sessions, refusals, packets and bytes (the application's metrics). Default:
     /// nothing is told.
     pub observer: super::Observer,
+    /// This node's tag, put at the start of every session id it makes (see
+    /// [`Sid::generate_tagged`](super::Sid::generate_tagged)). Default: none.
+    pub node_tag: Option<String>,
+    /// Where the sessions this node does not have are: a polling request for one is handed
+    /// to it. Default: nowhere (the request gets "session id unknown").
+    pub elsewhere: Option<Arc<dyn Elsewhere>>,
+}
+
+/// The header a node puts on a request it forwards to another: a request that carries it is
+/// never forwarded again.
+pub const FORWARDED: &str = "x-voxio-forwarded";
+
+/// Sessions held by other nodes: forwards a polling request to the node that holds its
+/// session, so a load balancer needs no stickiness.
+pub trait Elsewhere: Send + Sync + std::fmt::Debug {
+    /// The answer of the node holding session `sid` to this polling request, or `None` when
+    /// no known node holds it.
+    fn forward(
+        &self,
+        sid: super::Sid,
+        req: &actix_web::HttpRequest,
+        body: actix_web::web::Payload,
+    ) -> Option<futures_util::future::LocalBoxFuture<'static, actix_web::HttpResponse>>;
+
+    /// The address (`host:port`) of the node holding session `sid`, when another known node
+    /// holds it: a WebSocket upgrade for it is spliced through to that node.
+    fn owner_address(&self, sid: super::Sid) -> Option<String>;
+
+    /// Counts an upgrade spliced through to another node (`ok`, or `failed`: not reached).
+    fn spliced(&self, ok: bool);
 }
 
 impl Default for EngineConfig {
@@ -166,6 +196,8 @@ impl Default for EngineConfig {
             ]
             .into(),
             observer: super::Observer::default(),
+            node_tag: None,
+            elsewhere: None,
         }
     }
 }

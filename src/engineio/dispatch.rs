@@ -93,6 +93,9 @@ impl Engine {
         mut framed: Framed<T, h1::Codec>,
     ) {
         use futures_util::SinkExt;
+        if let Some((owner, elsewhere)) = self.owner_elsewhere(&req) {
+            return splice(req, framed, &owner, elsewhere.as_ref()).await;
+        }
         let (response, start) = match websocket_start(&self.shared, &req) {
             Ok(started) => started,
             Err(error) => return refuse_upgrade(framed, error.response()).await,
@@ -110,6 +113,24 @@ impl Engine {
             WsStart::Probe(polling) => WsConnection::start_probe(shared, socket, polling),
             WsStart::Reject => WsConnection::start_rejected(shared, socket),
         }
+    }
+
+    /// For an upgrade of a session another node holds (and that was not forwarded already):
+    /// that node's address.
+    fn owner_elsewhere(
+        &self,
+        req: &actix_http::Request,
+    ) -> Option<(String, Arc<dyn super::Elsewhere>)> {
+        let elsewhere = self.shared.config.elsewhere.as_ref()?;
+        if req.headers().contains_key(super::FORWARDED) {
+            return None;
+        }
+        let query = Query::parse(req.uri().query().unwrap_or(""));
+        let sid = Sid::parse(query.sid?)?;
+        if self.shared.registry.get(sid).is_some() {
+            return None;
+        }
+        Some((elsewhere.owner_address(sid)?, elsewhere.clone()))
     }
 
     /// An actix-web resource serving the protocol at `path` (for example `/socket.io/`): the
@@ -226,6 +247,8 @@ async fn dispatch(
     body: web::Payload,
 ) -> Result<HttpResponse, EngineError> {
     let incoming = Incoming::of(req);
+    let forwarded = req.headers().contains_key(super::FORWARDED);
+    shared.config.observer.polling_request(forwarded);
     let (transport, sid) = check(&shared.config, &incoming)?;
     match (transport, sid) {
         // A WebSocket is taken over before the HTTP dispatch (`Engine::websocket`).
@@ -237,6 +260,13 @@ async fn dispatch(
         (TransportKind::Polling, None) => Err(EngineError::BadHandshakeMethod),
         (TransportKind::Polling, Some(sid)) => {
             let Some(route) = shared.registry.get(sid) else {
+                // Another node's session: its answer, when that node is known (a request
+                // forwarded once is not forwarded again).
+                if let (Some(elsewhere), false) = (&shared.config.elsewhere, forwarded) {
+                    if let Some(answer) = elsewhere.forward(sid, req, body) {
+                        return Ok(answer.await);
+                    }
+                }
                 return Err(EngineError::UnknownSid);
             };
             // Once upgraded, the session is refused on polling.
@@ -292,7 +322,7 @@ fn open_session(
         shared.config.observer.refused("shutting down");
         return Err(EngineError::ShuttingDown);
     }
-    let sid = Sid::generate();
+    let sid = Sid::generate_tagged(shared.config.node_tag.as_deref());
     let outbox = Arc::new(Outbox::new(
         shared.config.outbound_queue,
         shared.config.outbound_bytes,
@@ -453,6 +483,55 @@ fn websocket_start(
         Some(Route::WebSocket(_)) => WsStart::Reject,
     };
     Ok((response, start))
+}
+
+/// Splices an upgrade for another node's session through to that node: the request goes
+/// there as it came (marked forwarded), with whatever the client sent after it, and from then
+/// on bytes flow both ways untouched until either side closes. An owner that cannot be
+/// reached answers as a session that is gone.
+async fn splice<T: WsStream>(
+    req: actix_http::Request,
+    framed: Framed<T, h1::Codec>,
+    owner: &str,
+    elsewhere: &dyn super::Elsewhere,
+) {
+    use tokio::io::AsyncWriteExt;
+    let connected = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(owner),
+    )
+    .await;
+    let mut upstream = match connected {
+        Ok(Ok(stream)) => stream,
+        _ => {
+            elsewhere.spliced(false);
+            return refuse_upgrade(framed, EngineError::UnknownSid.response()).await;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let mut head = Vec::with_capacity(1024);
+    head.extend_from_slice(req.method().as_str().as_bytes());
+    head.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(super::FORWARDED.as_bytes());
+    head.extend_from_slice(b": 1\r\n\r\n");
+    let parts = framed.into_parts();
+    head.extend_from_slice(&parts.read_buf);
+    if upstream.write_all(&head).await.is_err() {
+        elsewhere.spliced(false);
+        return;
+    }
+    elsewhere.spliced(true);
+    let mut client = parts.io;
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }
 
 /// Writes an HTTP answer on a connection taken over for an upgrade, and ends it.

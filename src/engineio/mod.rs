@@ -44,7 +44,7 @@ use actix_web::http::header::HeaderMap;
 use bytes::Bytes;
 use bytestring::ByteString;
 
-pub use config::{ClientOf, EngineConfig, OriginPolicy, Transports};
+pub use config::{ClientOf, Elsewhere, EngineConfig, OriginPolicy, Transports, FORWARDED};
 pub(crate) use dispatch::refuse_upgrade;
 pub use dispatch::Engine;
 pub use error::EngineError;

@@ -25,6 +25,8 @@ pub trait EngineObserver: Send + Sync + 'static {
     fn received(&self, _transport: TransportKind, _packets: u64, _bytes: u64) {}
     /// `packets` packets of `bytes` bytes in all went out on `transport`.
     fn sent(&self, _transport: TransportKind, _packets: u64, _bytes: u64) {}
+    /// A polling request came in, straight from its client or forwarded by another node.
+    fn polling_request(&self, _forwarded: bool) {}
 }
 
 /// The observer that counts nothing (the default).

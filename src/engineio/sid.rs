@@ -25,6 +25,22 @@ impl Sid {
         Sid(sid)
     }
 
+    /// A fresh id whose first four characters are `tag` (a node's, so that any node can tell
+    /// whose session it is); the other sixteen are random (96 bits). A tag that is not four
+    /// URL-safe base64 characters is ignored.
+    pub fn generate_tagged(tag: Option<&str>) -> Sid {
+        let mut sid = Sid::generate();
+        if let Some(tag) = tag.filter(|t| is_tag(t)) {
+            sid.0[..TAG_LEN].copy_from_slice(tag.as_bytes());
+        }
+        sid
+    }
+
+    /// The first four characters: the tag of the node that made it, for a tagged id.
+    pub fn tag(&self) -> &str {
+        &self.as_str()[..TAG_LEN]
+    }
+
     /// Parses an id from a query string; anything but 20 URL-safe base64 characters is `None`.
     pub fn parse(text: &str) -> Option<Sid> {
         let bytes: [u8; SID_LEN] = text.as_bytes().try_into().ok()?;
@@ -39,6 +55,17 @@ impl Sid {
         // Only ASCII is ever stored (see `generate` and `parse`).
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
+}
+
+/// Length of a node's tag at the start of its session ids.
+pub const TAG_LEN: usize = 4;
+
+/// Whether `tag` can be a node's tag: four URL-safe base64 characters.
+pub fn is_tag(tag: &str) -> bool {
+    tag.len() == TAG_LEN
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl fmt::Display for Sid {
@@ -56,6 +83,16 @@ impl fmt::Debug for Sid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tagged_id_starts_with_its_node_tag() {
+        let sid = Sid::generate_tagged(Some("n0_-"));
+        assert_eq!(sid.tag(), "n0_-");
+        assert_eq!(Sid::parse(sid.as_str()), Some(sid));
+        assert_ne!(Sid::generate_tagged(Some("n0_-")), sid);
+        // Not a tag: the id is all random.
+        assert_ne!(Sid::generate_tagged(Some("n0/")).tag(), "n0/");
+    }
 
     #[test]
     fn generated_ids_parse_and_differ() {

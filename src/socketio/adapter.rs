@@ -34,6 +34,13 @@ pub enum Operation {
     },
     /// Disconnect the sockets from the namespace (a Socket.IO DISCONNECT each).
     Disconnect,
+    /// The socket with this private id was restored on the publishing node: a copy of it
+    /// here (waiting for a client that went there instead) ends without a word to anyone,
+    /// and leaves the recovery store's record to its new node. Rooms are not looked at.
+    Release {
+        /// The socket's private id.
+        pid: Sid,
+    },
 }
 
 /// A broadcast as it travels between nodes.

@@ -169,6 +169,15 @@ impl SocketIo {
         let Some(ns) = self.of(&broadcast.target.nsp) else {
             return 0;
         };
+        if let Operation::Release { pid } = broadcast.op {
+            return match ns.by_pid(pid) {
+                Some(socket) => {
+                    socket.hand_over();
+                    1
+                }
+                None => 0,
+            };
+        }
         let mut op = BroadcastOperator::new(ns).local();
         for room in broadcast.target.rooms {
             op = op.to(room);
@@ -188,6 +197,7 @@ impl SocketIo {
                 op.emit(&event, payload)
             }
             Operation::Disconnect => op.disconnect_sockets(),
+            Operation::Release { .. } => 0,
         }
     }
 

@@ -241,6 +241,20 @@ impl Namespace {
         self.read().by_pid.keys().copied().collect()
     }
 
+    /// Tells the other nodes that the socket `pid` now lives here.
+    pub(crate) fn claim(&self, pid: Sid) {
+        if let Some(adapter) = self.adapter() {
+            adapter.publish(Broadcast {
+                target: Target {
+                    nsp: self.name.clone(),
+                    rooms: Vec::new(),
+                    except: Vec::new(),
+                },
+                op: Operation::Release { pid },
+            });
+        }
+    }
+
     /// The socket with this private id.
     pub(crate) fn by_pid(&self, pid: Sid) -> Option<Socket> {
         self.read().by_pid.get(&pid).cloned()

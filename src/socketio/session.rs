@@ -368,6 +368,7 @@ impl Joining {
             let _ = self.engine.send_frames(frames, false);
         }
         socket.save();
+        self.ns.claim(pid);
         tracing::debug!(sid = %self.engine.sid(), nsp = %self.ns.name(), "socket restored");
         self.ns.connected(&socket);
         true

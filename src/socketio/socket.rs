@@ -172,6 +172,8 @@ struct SocketInner {
     restored: bool,
     /// What the application keeps with the socket where a recovery store has it too.
     data: Mutex<Option<serde_json::Value>>,
+    /// Set when another node restored the socket: its record is that node's now.
+    handed_over: AtomicBool,
     link: Mutex<Link>,
 }
 
@@ -236,6 +238,7 @@ impl Socket {
             pid: origin.pid,
             restored: origin.restored,
             data: Mutex::new(None),
+            handed_over: AtomicBool::new(false),
             link: Mutex::new(Link {
                 engine,
                 handshake: request.handshake.clone(),
@@ -548,6 +551,22 @@ impl Socket {
         });
     }
 
+    /// Another node restored this socket for its client: this copy ends (its handlers are
+    /// told the transport closed) and leaves the recovery store's record alone.
+    pub(crate) fn hand_over(&self) {
+        self.0.handed_over.store(true, Ordering::Release);
+        let was_waiting = {
+            let mut link = self.link();
+            link.generation += 1;
+            std::mem::replace(&mut link.waiting, false)
+        };
+        if was_waiting {
+            self.ns().stop_waiting();
+        }
+        tracing::debug!(id = %self.id(), nsp = %self.ns().name(), "socket restored on another node");
+        self.left(DisconnectReason::Transport(CloseReason::TransportClose));
+    }
+
     /// A client came back with this socket's private id and the last offset it saw: the
     /// socket moves to its connection, which gets the CONNECT answer, then every packet after
     /// `offset`, then whatever is sent next. `false` (nothing changed) when the socket left,
@@ -622,7 +641,8 @@ impl Socket {
         self.ns().remove(self);
         self.acks().clear();
         // A node shutting down leaves its sockets' records for another node to recover.
-        if reason != DisconnectReason::Transport(CloseReason::ServerShutdown) {
+        let handed_over = self.0.handed_over.load(Ordering::Acquire);
+        if reason != DisconnectReason::Transport(CloseReason::ServerShutdown) && !handed_over {
             if let (Some(pid), Some(store)) = (self.0.pid, self.ns().store()) {
                 store.forget(pid);
             }

@@ -74,6 +74,9 @@ struct Answer {
     seq: u64,
     /// Sentences synthesized so far, with their length in ms.
     spoken: Vec<(String, u64)>,
+    /// Chunks the client already has (an answer resumed elsewhere): synthesized again, not
+    /// sent again.
+    skip: u64,
 }
 
 /// The answering core of one pipeline.
@@ -149,8 +152,28 @@ impl Answering {
             rate: 0,
             seq: 0,
             spoken: Vec::new(),
+            skip: 0,
         });
         self.answers
+    }
+
+    /// Goes on speaking an answer that another pipeline (on a node that went away) was
+    /// speaking when it stopped: `text` whole, of which the client has the first `sent`
+    /// chunks and `tts.started`. The speech is synthesized again (the same words give the same
+    /// chunks) and goes on from chunk `sent + 1`, then `tts.stopped`; nothing else is said
+    /// again. Returns the answer's id (no assistant is asked).
+    pub fn resume(&mut self, text: &str, sent: u64) -> u64 {
+        let id = self.start(None);
+        if let Some(answer) = &mut self.answer {
+            answer.text = text.to_owned();
+            answer.to_speak.extend(answer.sentences.push(text));
+            answer.to_speak.extend(answer.sentences.finish());
+            answer.text_done = true;
+            answer.skip = sent;
+            answer.seq = sent;
+        }
+        self.pump();
+        id
     }
 
     /// The user spoke over the answer (barge-in): it stops at once and the client is told to
@@ -248,13 +271,20 @@ impl Answering {
                     sentence,
                     speech.samples.len() as u64 * 1000 / u64::from(rate),
                 ));
-                answer.audio.extend(speech.samples.chunks(chunk).map(|c| {
+                let chunks = speech.samples.chunks(chunk);
+                let had = chunks.len() as u64;
+                let skipped = answer.skip.min(had);
+                answer.skip -= skipped;
+                answer.audio.extend(chunks.skip(skipped as usize).map(|c| {
                     Bytes::from(c.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>())
                 }));
-                if !answer.pacing {
+                if !answer.pacing && !answer.audio.is_empty() {
                     answer.pacing = true;
-                    self.out
-                        .push_back(Do::Emit("tts.started", json!({ "sampleRate": rate })));
+                    // A resumed answer's client has had its start.
+                    if answer.seq == 0 {
+                        self.out
+                            .push_back(Do::Emit("tts.started", json!({ "sampleRate": rate })));
+                    }
                     self.out.push_back(Do::FirstAudio);
                     self.send_audio(ahead);
                     self.out.push_back(Do::StartPacing);
@@ -333,6 +363,9 @@ impl Answering {
         if let Some(answer) = self.answer.take() {
             if answer.pacing {
                 self.out.push_back(Do::StopPacing);
+            }
+            // A resumed answer's client had its start even if nothing is left to send.
+            if answer.pacing || answer.seq > 0 {
                 self.out
                     .push_back(Do::Emit("tts.stopped", json!({ "reason": "done" })));
             }
@@ -411,6 +444,42 @@ mod tests {
 
     fn delta(text: &str) -> Option<Result<AssistantEvent, String>> {
         Some(Ok(AssistantEvent::Delta(text.into())))
+    }
+
+    fn seqs(out: &[Do]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|d| match d {
+                Do::Audio { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_resumed_answer_goes_on_from_the_chunk_after_the_last_sent() {
+        // Elsewhere, "One. Two." was spoken up to chunk 13 of 15 (1 s, then 500 ms).
+        let mut core = Answering::new(20, 300);
+        let id = core.resume("One. Two.", 13);
+        assert_eq!(synthesis(&drain(&mut core)), vec![(id, "One.".to_owned())]);
+        core.handle_speech(id, "One.".into(), speech(1000));
+        let out = drain(&mut core);
+        // All ten chunks of the first sentence were sent already: nothing, not even a start.
+        assert!(events(&out).is_empty(), "{out:?}");
+        assert_eq!(synthesis(&out), vec![(id, "Two.".to_owned())]);
+        core.handle_speech(id, "Two.".into(), speech(500));
+        let mut out = drain(&mut core);
+        for _ in 0..5 {
+            core.handle_tick();
+            out.extend(drain(&mut core));
+        }
+        assert_eq!(seqs(&out), [14, 15]);
+        assert_eq!(events(&out), ["tts.audio", "tts.audio", "tts.stopped"]);
+        assert!(!core.answering());
+        // Nothing left to send at all: the client still hears the end.
+        let id = core.resume("One.", 10);
+        drain(&mut core);
+        core.handle_speech(id, "One.".into(), speech(1000));
+        assert_eq!(events(&drain(&mut core)), ["tts.stopped"]);
     }
 
     #[test]

@@ -206,6 +206,35 @@ fn keep_authenticated(socket: &Socket, who: &Authenticated) {
     socket.set_data(json!({ "via": who.via, "login": who.login }));
 }
 
+/// What a socket keeps in the recovery store of the answer being spoken to it: the words
+/// and how many chunks went out (`None`: nothing is being spoken).
+pub(crate) fn keep_speaking(socket: &Socket, speaking: Option<(&str, u64)>) {
+    let mut data = socket.data().unwrap_or_else(|| json!({}));
+    let Some(map) = data.as_object_mut() else {
+        return;
+    };
+    match speaking {
+        Some((text, sent)) => {
+            map.insert("speaking".into(), json!({ "text": text, "sent": sent }));
+        }
+        None => {
+            if map.remove("speaking").is_none() {
+                return;
+            }
+        }
+    }
+    socket.set_data(data);
+}
+
+/// The answer a restored socket's node was speaking when it went away.
+fn kept_speaking(socket: &Socket) -> Option<(String, u64)> {
+    let data = socket.data()?;
+    let speaking = data.get("speaking")?;
+    let text = speaking.get("text")?.as_str()?;
+    let sent = speaking.get("sent")?.as_u64()?;
+    (!text.is_empty()).then(|| (text.to_owned(), sent))
+}
+
 /// The authentication a restored socket had.
 fn kept_authenticated(socket: &Socket) -> Option<Authenticated> {
     let data = socket.data()?;
@@ -219,8 +248,9 @@ fn kept_authenticated(socket: &Socket) -> Option<Authenticated> {
 }
 
 /// A socket restored from the recovery store (its node went away): authenticated as it
-/// was, with a new pipeline that has the user's list and history (from Redis). The client
-/// already knows it is authenticated and ready: it is only sent its list.
+/// was, with a new pipeline that has the user's list and history (from Redis), which
+/// finishes the answer the other node was speaking. The client already knows it is
+/// authenticated and ready: it is only sent its list.
 fn on_restored(voice: &Voice, socket: &Socket) {
     let Some(who) = kept_authenticated(socket) else {
         return disconnect_unless_authenticated(socket.clone(), voice.auth_timeout);
@@ -228,6 +258,13 @@ fn on_restored(voice: &Voice, socket: &Socket) {
     socket.extensions().insert(who.clone());
     telemetry::voice_restored();
     start(voice, socket, &who, false);
+    // The answer that was being spoken goes on from where the client's audio stops.
+    if let (Some((text, sent)), Some(pipeline)) = (
+        kept_speaking(socket),
+        socket.extensions().get::<PipelineHandle>(),
+    ) {
+        pipeline.resume(text, sent);
+    }
 }
 
 fn on_authenticated(voice: &Voice, socket: &Socket, who: &Authenticated) {

@@ -227,6 +227,13 @@ impl PipelineHandle {
         self.home.send(Input::Control(Control::Text(text)));
     }
 
+    /// Finishes speaking `text`, of which the client has the first `sent` chunks (the
+    /// answer a node that went away was speaking).
+    pub fn resume(&self, text: String, sent: u64) {
+        self.home
+            .send(Input::Control(Control::Resume { text, sent }));
+    }
+
     /// The socket left: stop, releasing the decoder and any speech process.
     pub fn shutdown(&self) {
         self.home.send(Input::Control(Control::Shutdown));
@@ -274,6 +281,11 @@ enum Control {
     Stop,
     Played(u64),
     Text(String),
+    /// Finish an answer another node was speaking.
+    Resume {
+        text: String,
+        sent: u64,
+    },
     Shutdown,
 }
 
@@ -349,6 +361,9 @@ pub struct Pipeline {
     /// Words of an earlier turn, with their confidence, whose transcript came in after the
     /// next turn had started: they open that turn's transcript.
     held: Option<(String, f32)>,
+    /// The answer being spoken and how many of its chunks were sent, kept with the socket so
+    /// that another node can finish it if this one goes away.
+    speaking: Option<(String, u64)>,
 }
 
 impl Pipeline {
@@ -380,6 +395,7 @@ impl Pipeline {
             relocation: None,
             moved: None,
             held: None,
+            speaking: None,
             stages,
         };
         let busy = pipeline.busy.clone();
@@ -527,7 +543,17 @@ impl Pipeline {
     fn carry_out(&mut self, ctx: &mut Context<Self>) {
         while let Some(action) = self.answering.poll() {
             match action {
-                Do::Emit(event, data) => self.emit(event, data),
+                Do::Emit(event, data) => {
+                    match event {
+                        "assistant.text.done" => {
+                            let text = data["text"].as_str().unwrap_or_default();
+                            self.speaking = Some((text.to_owned(), 0));
+                        }
+                        "tts.stopped" => self.set_speaking(None),
+                        _ => {}
+                    }
+                    self.emit(event, data);
+                }
                 Do::Audio {
                     seq,
                     sample_rate,
@@ -537,6 +563,10 @@ impl Pipeline {
                     let _ = self
                         .socket
                         .emit("tts.audio", Payload::new().arg(meta).bin(data));
+                    // Kept after the chunk went out: a node that finishes the answer goes
+                    // on after it.
+                    let text = self.speaking.take().map(|(text, _)| text);
+                    self.set_speaking(text.map(|text| (text, seq)));
                 }
                 Do::Synthesize { id, sentence } => {
                     let synthesis =
@@ -570,12 +600,28 @@ impl Pipeline {
                 }
                 Do::Replied => self.times.replied = Some(Instant::now()),
                 Do::FirstAudio => self.metrics(Instant::now()),
-                Do::Finished => self.set_busy(false),
+                Do::Finished => {
+                    self.set_busy(false);
+                    self.set_speaking(None);
+                }
                 Do::Remember(line) => {
                     actix_rt::spawn(self.stages.history.append(&self.user, line));
                 }
             }
         }
+    }
+
+    /// What is being spoken, kept with the socket (in the recovery store, when there is one).
+    fn set_speaking(&mut self, speaking: Option<(String, u64)>) {
+        if speaking.is_none() && self.speaking.is_none() {
+            return;
+        }
+        self.speaking = speaking;
+        let kept = self
+            .speaking
+            .as_ref()
+            .map(|(text, sent)| (text.as_str(), *sent));
+        super::keep_speaking(&self.socket, kept);
     }
 
     fn synthesized(
@@ -740,6 +786,7 @@ impl Pipeline {
             relocation: None,
             moved: None,
             held: self.held.take(),
+            speaking: None,
             stages,
         };
         let next = Pipeline::start_in_arbiter(&to, move |_| successor);
@@ -776,6 +823,13 @@ impl Pipeline {
                     ..TurnTimes::default()
                 };
                 self.respond(Said::certain(&text), ctx);
+            }
+            Control::Resume { text, sent } => {
+                self.times = TurnTimes::default();
+                self.answering.resume(&text, sent);
+                self.speaking = Some((text, sent));
+                self.set_busy(true);
+                self.carry_out(ctx);
             }
             Control::Shutdown => ctx.stop(),
         }

@@ -183,6 +183,7 @@ impl Voxio {
                     node_timeout: Duration::from_millis(args.cluster_node_timeout_ms.max(1)),
                     queue: args.cluster_queue,
                     timeout: redis_timeout,
+                    url: cluster_url(args),
                 },
             )?),
         };
@@ -205,6 +206,16 @@ impl Voxio {
             Some(crate::auth::client_key(proxies.client_ip(peer, headers)))
         }));
         engine_config.observer = crate::telemetry::EngineTelemetry::observer();
+        if let Some(cluster) = &cluster {
+            // Session ids say which node holds them; requests for another node's go there.
+            engine_config.node_tag = Some(cluster.tag().to_owned());
+            let hold = engine_config.ping_interval + engine_config.ping_timeout;
+            engine_config.elsewhere = Some(Arc::new(crate::forward::Forwarder::new(
+                cluster.clone(),
+                hold + Duration::from_secs(5),
+                engine_config.max_payload,
+            )));
+        }
         let origins = engine_config.origins.clone();
         let engine = Engine::new(engine_config, io.engine_handler());
         Ok(Startup {
@@ -360,6 +371,20 @@ pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
 /// The voice pipeline's stages from the settings (warms the speech-to-text decoders); the
 /// to-do lists and conversation histories live in Redis when `redis` is given (the shared
 /// connection and its command timeout).
+/// The URL this node announces to the others for forwarded polling requests.
+fn cluster_url(args: &ServerArgs) -> Option<String> {
+    match &args.cluster_url {
+        Some(url) => Some(url.trim_end_matches('/').to_owned()),
+        None if args.bind.ip().is_unspecified() => {
+            tracing::warn!(
+                "cluster: VOXIO_CLUSTER_URL is not set and VOXIO_BIND is every address: other nodes cannot forward this node's polling requests (the load balancer must keep them sticky)"
+            );
+            None
+        }
+        None => Some(format!("http://{}", args.bind)),
+    }
+}
+
 fn stages(
     args: &ServerArgs,
     redis: Option<&(redis::aio::ConnectionManager, Duration)>,

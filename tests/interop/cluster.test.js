@@ -3,8 +3,11 @@
 // official socket.io-client:
 //   1. a page login's voice sockets on two different nodes share the room login:<id>; a logout
 //      on one node reaches both (auth_error logged_out, then io server disconnect);
-//   2. polling clients behind nginx (each from its own loopback address, so the sticky hash
-//      spreads them) complete their upgrade to WebSocket and stream audio with acks;
+//   2. 100 polling clients behind nginx, which balances round-robin (no stickiness), exchange
+//      10,000 acked events while about half their requests reach the node that does not hold
+//      their session and are forwarded to the one that does (voxio_engine_forwarded_total);
+//   2b. polling clients behind nginx complete their upgrade to WebSocket (an upgrade that
+//      reaches the other node is spliced through to the owner) and stream audio with acks;
 //   3. killing (SIGKILL) the node most of them are on: they reconnect through nginx to the
 //      other node, authenticate again and go on streaming; the surviving node forgets the
 //      dead one;
@@ -20,6 +23,8 @@ import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import { io } from "socket.io-client";
+// engine.io-client's own WebSocket implementation (a dependency of the official client).
+import WebSocket from "ws";
 import {
   startVoxioServer,
   startRedis,
@@ -142,9 +147,108 @@ describe("voxio cluster: Redis adapter, nginx, node loss", { timeout: 90_000 }, 
     }
   });
 
+  test("100 polling clients behind round-robin nginx exchange 10,000 acked events, half the requests forwarded",
+    { timeout: 60_000 }, async () => {
+      const N = 100;
+      const PER = 100;
+      // One page login's voice token for all (a hundred PIN checks at once would be
+      // rate-limited, as they should).
+      const token = await voiceToken(nodes[0], await login(nodes[0]));
+      const before = await Promise.all(nodes.map((node) => scrapeMetrics(node.httpUrl)));
+      const clients = [];
+      try {
+        for (let i = 0; i < N; i++) {
+          clients.push(connect(nginx.url, { auth: { token }, transports: ["polling"], reconnection: false }));
+        }
+        await Promise.all(clients.map(({ rec }) => rec.next("authenticated", 20_000)));
+        const started = Date.now();
+        let acked = 0;
+        let errors = 0;
+        await Promise.all(
+          clients.map(async ({ socket }) => {
+            for (let k = 0; k < PER; k++) {
+              try {
+                const ack = await socket.timeout(10_000).emitWithAck("audio", Buffer.alloc(640));
+                if (ack.bytes === 640) acked += 1;
+                else errors += 1;
+              } catch {
+                errors += 1;
+              }
+            }
+          }),
+        );
+        const ms = Date.now() - started;
+        for (const [i, { socket, rec }] of clients.entries()) {
+          assert.equal(socket.io.engine.transport.name, "polling", `client ${i} stayed on polling`);
+          assert.equal(rec.count("disconnect"), 0, `client ${i} was never disconnected`);
+        }
+        const after = await Promise.all(nodes.map((node) => scrapeMetrics(node.httpUrl)));
+        const delta = (name) =>
+          after.reduce((sum, m, k) => sum + (m.get(name) ?? 0) - (before[k].get(name) ?? 0), 0);
+        const direct = delta('voxio_engine_polling_requests_total{via="direct"}');
+        const forwarded = delta('voxio_engine_forwarded_total{result="ok"}');
+        const failed = delta('voxio_engine_forwarded_total{result="failed"}');
+        const share = forwarded / direct;
+        console.log(
+          `# round-robin polling: ${acked} acked, ${errors} errors in ${ms} ms; ${direct} polling requests reached a node, ${forwarded} (${(share * 100).toFixed(1)}%) were for the other node's session and forwarded, ${failed} failed`,
+        );
+        assert.equal(errors, 0, "no errors");
+        assert.equal(acked, N * PER, "every event acked");
+        assert.equal(failed, 0, "no forward failed");
+        assert.ok(share > 0.35 && share < 0.65, `about half the requests forwarded (${share})`);
+      } finally {
+        for (const { socket } of clients) socket.disconnect();
+      }
+    });
+
+  test("an upgrade that reaches the node without the session is spliced through to the one with it", { timeout: 20_000 }, async () => {
+    const [owner, other] = nodes;
+    // A polling session on the owner, then its WebSocket upgrade sent to the other node.
+    const open = await fetch(`${owner.httpUrl}/socket.io/?EIO=4&transport=polling`, { signal: AbortSignal.timeout(5000) });
+    const { sid } = JSON.parse((await open.text()).slice(1));
+    const before = (await scrapeMetrics(other.httpUrl)).get('voxio_engine_forwarded_total{result="websocket"}') ?? 0;
+    const ws = new WebSocket(`${other.wsUrl}/socket.io/?EIO=4&transport=websocket&sid=${sid}`);
+    const frames = [];
+    let wake = null;
+    ws.on("message", (data) => {
+      frames.push(String(data));
+      if (wake) wake();
+    });
+    const next = async () => {
+      const deadline = Date.now() + 5000;
+      while (!frames.length) {
+        assert.ok(Date.now() < deadline, "a frame within 5 s");
+        await new Promise((resolve) => {
+          wake = resolve;
+          setTimeout(resolve, 100);
+        });
+      }
+      return frames.shift();
+    };
+    try {
+      await new Promise((resolve, reject) => {
+        ws.once("open", resolve);
+        ws.once("error", reject);
+      });
+      ws.send("2probe");
+      assert.equal(await next(), "3probe", "the owner answers the probe through the other node");
+      ws.send("5");
+      ws.send("40/voice,{\"pin\":\"" + owner.pin + "\"}");
+      assert.match(await next(), /^40\/voice,\{"sid":"/, "the namespace joined over the spliced WebSocket");
+      const after = (await scrapeMetrics(other.httpUrl)).get('voxio_engine_forwarded_total{result="websocket"}') ?? 0;
+      assert.equal(after - before, 1, "the other node counted one spliced upgrade");
+      const sessions = (await scrapeMetrics(owner.httpUrl)).get('voxio_engine_sessions{transport="websocket"}');
+      assert.ok(sessions >= 1, "the session is a WebSocket on its owner");
+    } finally {
+      ws.close();
+    }
+  });
+
   test("polling clients behind nginx upgrade; when their node dies they reconnect to the other and go on",
     { timeout: 60_000 }, async () => {
       const clients = [];
+      const spliced = async (node) => (await scrapeMetrics(node.httpUrl)).get('voxio_engine_forwarded_total{result="websocket"}') ?? 0;
+      const splicedBefore = await Promise.all(nodes.map(spliced));
       try {
         for (let i = 0; i < CLIENTS; i++) {
           const localAddress = `127.0.0.${i + 2}`;
@@ -185,7 +289,11 @@ describe("voxio cluster: Redis adapter, nginx, node loss", { timeout: 90_000 }, 
 
         const victim = counts[0] >= counts[1] ? 0 : 1;
         const survivor = nodes[1 - victim];
-        const moved = counts[victim];
+        // Its own sessions' clients, and those whose upgrade reached it and was spliced
+        // through to the survivor (their connection runs through it).
+        const through = (await spliced(nodes[victim])) - splicedBefore[victim];
+        const moved = counts[victim] + through;
+        console.log(`# the killed node holds ${counts[victim]} sessions and splices ${through} more clients' WebSockets to the other`);
         const before = clients.map(({ rec }) => rec.count("connect"));
         const dropped = clients.map(({ rec }) => rec.count("disconnect"));
         const gone = await nodes[victim].kill("SIGKILL");
@@ -299,8 +407,19 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
       ...extra,
     });
     c.offsets = [];
-    c.socket.onAny((event, ...args) => c.offsets.push(Number(args[args.length - 1])));
+    c.audio = [];
+    c.socket.onAny((event, ...args) => {
+      c.offsets.push(Number(args[args.length - 1]));
+      if (event === "tts.audio") c.audio.push(args[0].seq);
+    });
     return c;
+  }
+
+  /** Each answer's audio chunks numbered 1, 2, 3, … with none missing and none twice. */
+  function assertWholeAnswers(seqs, what) {
+    for (const [i, seq] of seqs.entries()) {
+      if (seq !== 1) assert.equal(seq, seqs[i - 1] + 1, `${what}: chunk ${i} of ${JSON.stringify(seqs)}`);
+    }
   }
 
   /** Every offset 1..n once, in order: no event lost, none twice. */
@@ -319,7 +438,7 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
   }
 
   test("a 2 s network drop in the middle of a spoken answer: the socket recovers, nothing lost", { timeout: 60_000 }, async () => {
-    const { socket, rec, offsets } = recordingClient();
+    const { socket, rec, offsets, audio } = recordingClient();
     try {
       await rec.next("connect", 10_000);
       const [{ items: fresh }] = await rec.next("todos", 10_000);
@@ -344,7 +463,8 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
       assert.equal(rec.count("auth_error"), 0, "no PIN asked");
       assert.equal(rec.count("authenticated"), 1, "authenticated once, at the start");
       assertNothingLost(offsets, "network drop");
-      console.log(`# 2 s drop mid-answer: recovered, ${offsets.length} events, offsets 1..${offsets.length} each once, ${rec.count("tts.audio") - heard} audio chunks delivered after the drop`);
+      assertWholeAnswers(audio, "network drop");
+      console.log(`# 2 s drop mid-answer: recovered, ${offsets.length} events, offsets 1..${offsets.length} each once, ${rec.count("tts.audio") - heard} audio chunks delivered after the drop, answers' chunks ${JSON.stringify(audio)}`);
     } finally {
       socket.disconnect();
       await sleep(200);
@@ -352,7 +472,7 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
   });
 
   test("the node killed in the middle of a spoken answer: the socket recovers on the other node, list intact", { timeout: 60_000 }, async () => {
-    const { socket, rec, offsets } = recordingClient();
+    const { socket, rec, offsets, audio } = recordingClient();
     try {
       await rec.next("connect", 10_000);
       const [{ items: fresh }] = await rec.next("todos", 10_000);
@@ -376,6 +496,11 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
       assert.equal(socket.id, id, "the same socket id");
       const [{ items }] = await rec.next("todos", 20_000);
       assert.deepEqual(items, [...fresh, "coffee"], "the list on the other node");
+      // The answer the dead node was speaking is finished by the other: no chunk missing,
+      // none twice, then its end.
+      const heard = rec.count("tts.audio");
+      await rec.next("tts.stopped", 10_000);
+      assertWholeAnswers(audio, "node killed");
       assert.equal(rec.count("auth_error"), 0, "no PIN asked");
       assert.equal(rec.count("authenticated"), 1, "authenticated once, at the start");
       assertNothingLost(offsets, "node killed");
@@ -383,8 +508,8 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
       assert.match(after.reply, /coffee/);
       assertNothingLost(offsets, "node killed, then a turn on the other node");
       const m = await scrapeMetrics(pair[1 - holder].httpUrl);
-      assert.equal(m.get("voxio_voice_restored_total"), 1, "restored on the survivor");
-      console.log(`# SIGKILL mid-answer: recovered on node ${1 - holder} (was ${holder}), ${offsets.length} events with offsets 1..${offsets.length} each once, list ${JSON.stringify(after.items)}`);
+      assert.ok(m.get("voxio_voice_restored_total") >= 1, "restored on the survivor");
+      console.log(`# SIGKILL mid-answer: recovered on node ${1 - holder} (was ${holder}), ${offsets.length} events with offsets 1..${offsets.length} each once, the answer finished there (${rec.count("tts.audio") - heard} more chunks; chunks ${JSON.stringify(audio)}), list ${JSON.stringify(after.items)}`);
     } finally {
       socket.disconnect();
     }
