@@ -78,6 +78,8 @@ struct Peer {
 
 enum Outgoing {
     Broadcast(String),
+    /// Say this node is alive now (to a node that just joined, so it knows this one at once).
+    Heartbeat,
     /// Say goodbye, then answer.
     Leave(tokio::sync::oneshot::Sender<()>),
 }
@@ -251,6 +253,8 @@ impl Cluster {
         };
         if !known && note.state != "bye" {
             tracing::info!(node = %note.node, "cluster: node joined");
+            // The newcomer learns this node (its tag and URL) now, not a heartbeat later.
+            let _ = self.inner.outgoing.try_send(Outgoing::Heartbeat);
         }
         telemetry::cluster_nodes(1 + peers.len());
     }
@@ -454,6 +458,7 @@ async fn publisher(cluster: Cluster, client: redis::Client, mut rx: mpsc::Receiv
             }
             next = rx.recv() => match next {
                 Some(Outgoing::Broadcast(text)) => (broadcast.as_str(), text, None),
+                Some(Outgoing::Heartbeat) => (nodes.as_str(), alive.clone(), None),
                 Some(Outgoing::Leave(done)) => {
                     let bye = serde_json::to_string(&NodeNote {
                         node: cluster.inner.node.clone(),

@@ -377,7 +377,9 @@ impl Socket {
         let offset = log.next_offset();
         let frames = encode_logged(self.ns().name(), event, &payload, offset);
         let kept = log.record(offset, frames, Instant::now(), config);
-        if let (Some(store), Some(pid)) = (self.ns().store(), self.0.pid) {
+        // A packet too big to keep is not written either: a log with its hole is never
+        // replayed.
+        if let (Some(store), Some(pid), false) = (self.ns().store(), self.0.pid, kept.is_empty()) {
             store.append(pid, offset, kept);
         }
         if *waiting {
