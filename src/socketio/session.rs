@@ -302,21 +302,9 @@ impl Joining {
                 .send_frames(&[connect_error_frame(nsp, &error)], false);
             return;
         }
-        let socket = Socket::new(
-            self.ns.clone(),
-            self.engine.clone(),
-            request,
-            self.max_pending_acks,
-            Arc::downgrade(&self.sockets),
-            Origin::fresh(self.ns.recovery().is_some()),
-        );
-        {
-            let mut state = self.sockets.lock();
-            if state.closed || state.by_nsp.contains_key(nsp) {
-                return;
-            }
-            state.by_nsp.insert(nsp.to_owned(), socket.clone());
-        }
+        let Some(socket) = self.socket(request, Origin::fresh(self.ns.recovery().is_some())) else {
+            return;
+        };
         self.ns.add(&socket);
         self.joined_once.store(true, Ordering::Release);
         let _ = self.engine.send_frames(&[socket.connect_answer()], false);
@@ -326,6 +314,27 @@ impl Joining {
 }
 
 impl Joining {
+    /// A new socket of the namespace on this connection; `None` when the connection closed
+    /// or joined the namespace meanwhile.
+    fn socket(&self, request: &ConnectRequest, origin: Origin) -> Option<Socket> {
+        let socket = Socket::new(
+            self.ns.clone(),
+            self.engine.clone(),
+            request,
+            self.max_pending_acks,
+            Arc::downgrade(&self.sockets),
+            origin,
+        );
+        let mut state = self.sockets.lock();
+        if state.closed || state.by_nsp.contains_key(self.ns.name()) {
+            return None;
+        }
+        state
+            .by_nsp
+            .insert(self.ns.name().to_owned(), socket.clone());
+        Some(socket)
+    }
+
     /// A socket restored from the recovery store takes this connection: same id, rooms and
     /// data, the packets the client missed sent after the CONNECT answer, then the
     /// namespace's connect handler runs (it sees [`Socket::restored`]). `false`: the
@@ -340,24 +349,10 @@ impl Joining {
             next_offset: restored.next_offset,
             restored: true,
         };
-        let socket = Socket::new(
-            self.ns.clone(),
-            self.engine.clone(),
-            request,
-            self.max_pending_acks,
-            Arc::downgrade(&self.sockets),
-            origin,
-        );
+        let Some(socket) = self.socket(request, origin) else {
+            return false;
+        };
         socket.restore_data(restored.record.data);
-        {
-            let mut state = self.sockets.lock();
-            if state.closed || state.by_nsp.contains_key(self.ns.name()) {
-                return false;
-            }
-            state
-                .by_nsp
-                .insert(self.ns.name().to_owned(), socket.clone());
-        }
         self.ns.add(&socket);
         for room in restored.record.rooms {
             self.ns.join(socket.id(), room);

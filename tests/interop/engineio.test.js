@@ -1,10 +1,10 @@
 // Interop test of voxio's Engine.IO v4 layer against the official `engine.io-client`.
 // The server under test is `voxio protocol-test`, which echoes every message back.
-import { describe, test, before, after } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { Socket } from "engine.io-client";
 import {
-  startVoxio,
+  protocolTestServer,
   bounded,
   toBuffer,
   patternBytes,
@@ -18,16 +18,7 @@ const TEST_MS = 15_000;
 // node:test's own timeout, a backstop above the wrapper's bound.
 const OPTS = { timeout: TEST_MS + 5_000 };
 
-let server;
-const getServer = () => server;
-
-before(async () => {
-  server = await startVoxio(["protocol-test"]);
-});
-
-after(async () => {
-  if (server) await server.stop();
-});
+const getServer = protocolTestServer();
 
 const TEXTS = ["hello voxio", "héllo wörld — ünïcödé ✓ 🚀"];
 const SMALL = patternBytes(640, 1);
@@ -43,7 +34,7 @@ const LARGE_POLLING = patternBytes(749_997, 3);
 async function connect(cleanup, transports) {
   const opts = { path: "/engine.io/" };
   if (transports) opts.transports = transports;
-  const socket = new Socket(server.wsUrl, opts);
+  const socket = new Socket(getServer().wsUrl, opts);
   const queue = new MessageQueue(socket);
   cleanup(() => socket.close());
   await waitOpen(socket);
@@ -129,7 +120,7 @@ describe("engine.io-client interop (voxio protocol-test)", () => {
     "default transports: upgrade from polling to websocket, then round trips",
     OPTS,
     bounded(getServer, TEST_MS, async (t, cleanup) => {
-      const socket = new Socket(server.wsUrl, { path: "/engine.io/" });
+      const socket = new Socket(getServer().wsUrl, { path: "/engine.io/" });
       const queue = new MessageQueue(socket);
       cleanup(() => socket.close());
       const upgraded = waitEvent(socket, "upgrade", 10_000);
@@ -155,7 +146,7 @@ describe("engine.io-client interop (voxio protocol-test)", () => {
     "default transports: messages sent before and during the upgrade all echo in order",
     OPTS,
     bounded(getServer, TEST_MS, async (t, cleanup) => {
-      const socket = new Socket(server.wsUrl, { path: "/engine.io/" });
+      const socket = new Socket(getServer().wsUrl, { path: "/engine.io/" });
       const queue = new MessageQueue(socket);
       cleanup(() => socket.close());
 

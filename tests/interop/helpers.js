@@ -5,6 +5,7 @@ import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { existsSync } from "node:fs";
+import { before, after } from "node:test";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
@@ -177,6 +178,21 @@ async function startOnPort({ args, env }, port) {
       return proc.exited;
     },
   };
+}
+
+/**
+ * Starts `voxio protocol-test` before the calling file's tests and stops it after them.
+ * Returns a getter for the server (what `bounded` takes; its URLs for the clients).
+ */
+export function protocolTestServer() {
+  let server;
+  before(async () => {
+    server = await startVoxio(["protocol-test"]);
+  });
+  after(async () => {
+    if (server) await server.stop();
+  });
+  return () => server;
 }
 
 /**

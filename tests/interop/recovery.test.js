@@ -2,24 +2,15 @@
 // `voxio protocol-test`'s `/recovered` namespace (a 2 s window; see src/protocol_test.rs).
 // The connection is dropped as a network would drop it (the TCP socket destroyed under a
 // WebSocket) or closed by the client's engine (polling), while the server is sending.
-import { describe, test, before, after } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
-import { startVoxio, bounded, sleep, Recorder, waitWebsocket } from "./helpers.js";
+import { protocolTestServer, bounded, sleep, Recorder, waitWebsocket } from "./helpers.js";
 
 const TEST_MS = 20_000;
 const OPTS = { timeout: TEST_MS + 5_000 };
 
-let server;
-const getServer = () => server;
-
-before(async () => {
-  server = await startVoxio(["protocol-test"]);
-});
-
-after(async () => {
-  if (server) await server.stop();
-});
+const getServer = protocolTestServer();
 
 const MODES = [
   { label: "websocket only", transports: ["websocket"] },
@@ -36,7 +27,7 @@ async function connect(cleanup, mode, extra = {}) {
     ...extra,
   };
   if (mode.transports) opts.transports = mode.transports;
-  const socket = io(server.httpUrl + "/recovered", opts);
+  const socket = io(getServer().httpUrl + "/recovered", opts);
   const rec = new Recorder(socket);
   cleanup(() => {
     socket.disconnect();

@@ -3,25 +3,16 @@
 // /socket.io/ endpoint has pingInterval 300 ms, pingTimeout 200 ms, maxPayload
 // 1,000,000 and connectTimeout 1,000 ms, and serves namespaces `/`, `/custom` and
 // `/refused` with the events used below.
-import { describe, test, before, after } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
-import { startVoxio, bounded, toBuffer, patternBytes, sleep, Recorder, waitWebsocket } from "./helpers.js";
+import { protocolTestServer, bounded, toBuffer, patternBytes, sleep, Recorder, waitWebsocket } from "./helpers.js";
 
 const TEST_MS = 15_000;
 // node:test's own timeout, a backstop above the wrapper's bound.
 const OPTS = { timeout: TEST_MS + 5_000 };
 
-let server;
-const getServer = () => server;
-
-before(async () => {
-  server = await startVoxio(["protocol-test"]);
-});
-
-after(async () => {
-  if (server) await server.stop();
-});
+const getServer = protocolTestServer();
 
 const SMALL = patternBytes(640, 11);
 // maxPayload is 1,000,000 bytes. Over WebSocket a binary attachment travels as raw
@@ -57,7 +48,7 @@ function clientOptions(mode, extra = {}) {
  * and checks the transport. Returns { socket, rec }.
  */
 async function connect(cleanup, mode, nsp = "/", { extra = {}, waitConnect = true, waitUpgrade = true } = {}) {
-  const socket = io(server.httpUrl + nsp, clientOptions(mode, extra));
+  const socket = io(getServer().httpUrl + nsp, clientOptions(mode, extra));
   const rec = new Recorder(socket);
   cleanup(() => {
     socket.disconnect();
