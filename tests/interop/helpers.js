@@ -181,6 +181,22 @@ async function startOnPort({ args, env }, port) {
 }
 
 /**
+ * Socket.IO client options for a test in `mode` ({ transports }, none: the default polling
+ * then WebSocket): a new manager, reconnecting fast and without jitter, and `extra` on top.
+ */
+export function clientOptions(mode, extra = {}) {
+  const opts = {
+    forceNew: true,
+    reconnectionDelay: 100,
+    reconnectionDelayMax: 200,
+    randomizationFactor: 0,
+    ...extra,
+  };
+  if (mode.transports) opts.transports = mode.transports;
+  return opts;
+}
+
+/**
  * Starts `voxio protocol-test` before the calling file's tests and stops it after them.
  * Returns a getter for the server (what `bounded` takes; its URLs for the clients).
  */

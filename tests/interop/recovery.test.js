@@ -5,7 +5,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
-import { protocolTestServer, bounded, sleep, Recorder, waitWebsocket } from "./helpers.js";
+import { protocolTestServer, clientOptions, bounded, sleep, Recorder, waitWebsocket } from "./helpers.js";
 
 const TEST_MS = 20_000;
 const OPTS = { timeout: TEST_MS + 5_000 };
@@ -19,15 +19,7 @@ const MODES = [
 ];
 
 async function connect(cleanup, mode, extra = {}) {
-  const opts = {
-    forceNew: true,
-    reconnectionDelay: 100,
-    reconnectionDelayMax: 200,
-    randomizationFactor: 0,
-    ...extra,
-  };
-  if (mode.transports) opts.transports = mode.transports;
-  const socket = io(getServer().httpUrl + "/recovered", opts);
+  const socket = io(getServer().httpUrl + "/recovered", clientOptions(mode, extra));
   const rec = new Recorder(socket);
   cleanup(() => {
     socket.disconnect();

@@ -6,7 +6,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { io } from "socket.io-client";
-import { protocolTestServer, bounded, toBuffer, patternBytes, sleep, Recorder, waitWebsocket } from "./helpers.js";
+import { protocolTestServer, clientOptions, bounded, toBuffer, patternBytes, sleep, Recorder, waitWebsocket } from "./helpers.js";
 
 const TEST_MS = 15_000;
 // node:test's own timeout, a backstop above the wrapper's bound.
@@ -29,18 +29,6 @@ const MODES = [
   { label: "default (polling, then upgrade)", transports: undefined, expect: "websocket", large: LARGE_WS },
 ];
 
-
-function clientOptions(mode, extra = {}) {
-  const opts = {
-    forceNew: true,
-    reconnectionDelay: 100,
-    reconnectionDelayMax: 200,
-    randomizationFactor: 0,
-    ...extra,
-  };
-  if (mode.transports) opts.transports = mode.transports;
-  return opts;
-}
 
 /**
  * Opens a client socket on `nsp` and registers its closing. Unless `waitConnect` is
