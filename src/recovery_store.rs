@@ -50,7 +50,8 @@ pub struct RedisRecovery {
 
 enum Write {
     Save(Sid, String),
-    Append(Sid, u64, Vec<Vec<u8>>),
+    /// A packet, and the record after it when it changed with it.
+    Append(Sid, u64, Vec<Vec<u8>>, Option<String>),
     Touch(Vec<Sid>),
     Forget(Sid),
 }
@@ -96,7 +97,10 @@ impl RedisRecovery {
                     .arg(ttl)
                     .ignore();
             }
-            Write::Append(pid, offset, fields) => {
+            Write::Append(pid, offset, fields, record) => {
+                if let Some(json) = record {
+                    self.add(pipe, Write::Save(pid, json));
+                }
                 let log = self.log_key(pid);
                 let cmd = pipe
                     .cmd("XADD")
@@ -206,8 +210,15 @@ impl RecoveryStore for RedisRecovery {
         }
     }
 
-    fn append(&self, pid: Sid, offset: u64, frames: &[MessageFrame]) {
-        self.queue(Write::Append(pid, offset, fields(frames)));
+    fn append(
+        &self,
+        pid: Sid,
+        offset: u64,
+        frames: &[MessageFrame],
+        record: Option<&SocketRecord>,
+    ) {
+        let record = record.and_then(|r| serde_json::to_string(r).ok());
+        self.queue(Write::Append(pid, offset, fields(frames), record));
     }
 
     fn touch(&self, pids: Vec<Sid>) {

@@ -184,8 +184,10 @@ pub trait RecoveryStore: Send + Sync {
     /// The socket with private id `pid` is (still) this: written when it joins and when its
     /// rooms or data change.
     fn save(&self, pid: Sid, record: &SocketRecord);
-    /// The packet sent to `pid` with `offset`.
-    fn append(&self, pid: Sid, offset: u64, frames: &[MessageFrame]);
+    /// The packet sent to `pid` with `offset`; with `record`, the socket's record as it is
+    /// after that packet, written with it (both or neither, so that a node that restores the
+    /// socket never sees a record ahead of or behind its log).
+    fn append(&self, pid: Sid, offset: u64, frames: &[MessageFrame], record: Option<&SocketRecord>);
     /// These sockets are alive: their records are kept another window.
     fn touch(&self, pids: Vec<Sid>);
     /// The socket left for good.

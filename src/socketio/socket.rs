@@ -356,7 +356,29 @@ impl Socket {
     /// With recovery, the event carries the socket's next offset and is kept for a client
     /// that comes back, also while the socket waits for it.
     pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), EmitError> {
-        let payload = payload.into();
+        self.emit_logged(event, payload.into(), None)
+    }
+
+    /// Emits an event and sets the socket's data ([`Socket::set_data`]) to what it is after
+    /// that event: in the recovery store both are written together, so a socket restored
+    /// elsewhere has the data that goes with the last event its client got.
+    pub fn emit_with_data(
+        &self,
+        event: &str,
+        payload: impl Into<Payload>,
+        data: serde_json::Value,
+    ) -> Result<(), EmitError> {
+        *self.0.data.lock().unwrap_or_else(|e| e.into_inner()) = Some(data);
+        let record = self.connected().then(|| self.record());
+        self.emit_logged(event, payload.into(), record)
+    }
+
+    fn emit_logged(
+        &self,
+        event: &str,
+        payload: Payload,
+        record: Option<super::SocketRecord>,
+    ) -> Result<(), EmitError> {
         let Some(config) = self.ns().recovery() else {
             let frames = encode_event(self.ns().name(), event, None, &payload);
             return self.send_frames(&frames, false);
@@ -379,8 +401,14 @@ impl Socket {
         let kept = log.record(offset, frames, Instant::now(), config);
         // A packet too big to keep is not written either: a log with its hole is never
         // replayed.
-        if let (Some(store), Some(pid), false) = (self.ns().store(), self.0.pid, kept.is_empty()) {
-            store.append(pid, offset, kept);
+        if let (Some(store), Some(pid)) = (self.ns().store(), self.0.pid) {
+            if kept.is_empty() {
+                if let Some(record) = &record {
+                    store.save(pid, record);
+                }
+            } else {
+                store.append(pid, offset, kept, record.as_ref());
+            }
         }
         if *waiting {
             return Ok(());

@@ -209,21 +209,24 @@ fn keep_authenticated(socket: &Socket, who: &Authenticated) {
 /// What a socket keeps in the recovery store of the answer being spoken to it: the words
 /// and how many chunks went out (`None`: nothing is being spoken).
 pub(crate) fn keep_speaking(socket: &Socket, speaking: Option<(&str, u64)>) {
+    if let Some(data) = speaking_data(socket, speaking) {
+        socket.set_data(data);
+    }
+}
+
+/// The socket's data with `speaking` in it (`None`: unchanged).
+pub(crate) fn speaking_data(socket: &Socket, speaking: Option<(&str, u64)>) -> Option<Value> {
     let mut data = socket.data().unwrap_or_else(|| json!({}));
-    let Some(map) = data.as_object_mut() else {
-        return;
-    };
+    let map = data.as_object_mut()?;
     match speaking {
         Some((text, sent)) => {
             map.insert("speaking".into(), json!({ "text": text, "sent": sent }));
         }
         None => {
-            if map.remove("speaking").is_none() {
-                return;
-            }
+            map.remove("speaking")?;
         }
     }
-    socket.set_data(data);
+    Some(data)
 }
 
 /// The answer a restored socket's node was speaking when it went away.

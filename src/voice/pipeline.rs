@@ -560,13 +560,17 @@ impl Pipeline {
                     data,
                 } => {
                     let meta = json!({ "seq": seq, "sampleRate": sample_rate });
-                    let _ = self
-                        .socket
-                        .emit("tts.audio", Payload::new().arg(meta).bin(data));
-                    // Kept after the chunk went out: a node that finishes the answer goes
-                    // on after it.
-                    let text = self.speaking.take().map(|(text, _)| text);
-                    self.set_speaking(text.map(|text| (text, seq)));
+                    let chunk = Payload::new().arg(meta).bin(data);
+                    // The chunk goes out with the count of chunks sent kept beside it: a node
+                    // that finishes the answer goes on after it.
+                    let kept = self.speaking.as_mut().and_then(|(text, sent)| {
+                        *sent = seq;
+                        super::speaking_data(&self.socket, Some((text.as_str(), seq)))
+                    });
+                    let _ = match kept {
+                        Some(kept) => self.socket.emit_with_data("tts.audio", chunk, kept),
+                        None => self.socket.emit("tts.audio", chunk),
+                    };
                 }
                 Do::Synthesize { id, sentence } => {
                     let synthesis =
