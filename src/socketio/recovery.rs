@@ -85,15 +85,23 @@ impl SentLog {
     }
 
     /// Keeps the packet sent with `offset`, letting go of what the bounds no longer allow;
-    /// returns it as kept.
+    /// returns it as kept. A packet bigger than the bounds on its own is not kept, and
+    /// everything before it is let go with it (a client that missed it cannot be recovered):
+    /// its frames come back, to be sent all the same.
     pub(crate) fn record(
         &mut self,
         offset: u64,
         frames: Vec<MessageFrame>,
         now: Instant,
         config: &RecoveryConfig,
-    ) -> &[MessageFrame] {
-        let bytes = frames.iter().map(MessageFrame::len).sum();
+    ) -> Result<&[MessageFrame], Vec<MessageFrame>> {
+        let bytes: usize = frames.iter().map(MessageFrame::len).sum();
+        if bytes > config.max_bytes || config.max_packets == 0 {
+            self.kept.clear();
+            self.bytes = 0;
+            self.let_go = offset;
+            return Err(frames);
+        }
         self.bytes += bytes;
         self.kept.push_back(Sent {
             offset,
@@ -102,11 +110,8 @@ impl SentLog {
             bytes,
         });
         self.prune(now, config);
-        match self.kept.back() {
-            Some(sent) if sent.offset == offset => &sent.frames,
-            // Bigger than the bounds on its own: sent, but not kept.
-            _ => &[],
-        }
+        // Within the bounds on its own, the newest packet is never the one let go.
+        Ok(self.kept.back().map_or(&[], |sent| sent.frames.as_slice()))
     }
 
     /// Lets go of packets past the bounds.
@@ -232,7 +237,7 @@ mod tests {
 
     fn send(log: &mut SentLog, text: &str, now: Instant, config: &RecoveryConfig) -> u64 {
         let offset = log.next_offset();
-        log.record(offset, vec![MessageFrame::text(text)], now, config);
+        let _ = log.record(offset, vec![MessageFrame::text(text)], now, config);
         offset
     }
 
@@ -273,9 +278,11 @@ mod tests {
         assert_eq!(texts(log.after(Some(2)).unwrap()), Vec::<String>::new());
         // A packet bigger than the bounds on its own is sent and not kept.
         let offset = log.next_offset();
-        assert!(log
-            .record(offset, vec![MessageFrame::text("too big")], later, &config)
-            .is_empty());
+        let too_big = vec![MessageFrame::text("too big")];
+        assert_eq!(
+            log.record(offset, too_big.clone(), later, &config),
+            Err(too_big)
+        );
         assert!(log.after(Some(2)).is_none());
     }
 

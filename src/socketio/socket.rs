@@ -177,6 +177,15 @@ struct SocketInner {
     link: Mutex<Link>,
 }
 
+impl Link {
+    /// Ends a wait for the client, if one is on (any wait's expiry now finds itself stale);
+    /// returns whether one was, for the namespace's count of waiting sockets.
+    fn end_wait(&mut self) -> bool {
+        self.generation += 1;
+        std::mem::replace(&mut self.waiting, false)
+    }
+}
+
 /// The connection a socket sends on, and what it keeps for a recovery.
 struct Link {
     engine: SessionHandle,
@@ -296,21 +305,21 @@ impl Socket {
     /// restored on another node has it back (for example who authenticated). Kept in this
     /// process too, with or without a store.
     pub fn set_data(&self, data: serde_json::Value) {
-        *self.0.data.lock().unwrap_or_else(|e| e.into_inner()) = Some(data);
+        *self.data_slot() = Some(data);
         self.save();
     }
 
     /// The data set with [`Socket::set_data`] (restored with the socket).
     pub fn data(&self) -> Option<serde_json::Value> {
-        self.0
-            .data
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.data_slot().clone()
     }
 
     pub(crate) fn restore_data(&self, data: Option<serde_json::Value>) {
-        *self.0.data.lock().unwrap_or_else(|e| e.into_inner()) = data;
+        *self.data_slot() = data;
+    }
+
+    fn data_slot(&self) -> MutexGuard<'_, Option<serde_json::Value>> {
+        self.0.data.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// What the recovery store keeps of the socket.
@@ -368,9 +377,10 @@ impl Socket {
         payload: impl Into<Payload>,
         data: serde_json::Value,
     ) -> Result<(), EmitError> {
-        *self.0.data.lock().unwrap_or_else(|e| e.into_inner()) = Some(data);
-        let record = self.connected().then(|| self.record());
-        self.emit_logged(event, payload.into(), record)
+        *self.data_slot() = Some(data);
+        // The record is made only where a store keeps it.
+        let kept = self.connected() && self.0.pid.is_some() && self.ns().store().is_some();
+        self.emit_logged(event, payload.into(), kept.then(|| self.record()))
     }
 
     fn emit_logged(
@@ -399,26 +409,25 @@ impl Socket {
         let offset = log.next_offset();
         let frames = encode_logged(self.ns().name(), event, &payload, offset);
         let kept = log.record(offset, frames, Instant::now(), config);
-        // A packet too big to keep is not written either: a log with its hole is never
-        // replayed.
         if let (Some(store), Some(pid)) = (self.ns().store(), self.0.pid) {
-            if kept.is_empty() {
-                if let Some(record) = &record {
-                    store.save(pid, record);
+            match &kept {
+                Ok(frames) => store.append(pid, offset, frames, record.as_ref()),
+                // A packet too big to keep is not written either: a log with its hole is
+                // never replayed.
+                Err(_) => {
+                    if let Some(record) = &record {
+                        store.save(pid, record);
+                    }
                 }
-            } else {
-                store.append(pid, offset, kept, record.as_ref());
             }
         }
         if *waiting {
             return Ok(());
         }
-        if kept.is_empty() {
-            // Too big to keep: sent all the same.
-            let frames = encode_logged(self.ns().name(), event, &payload, offset);
-            return engine.send_frames(&frames, false);
+        match &kept {
+            Ok(frames) => engine.send_frames(frames, false),
+            Err(frames) => engine.send_frames(frames, false),
         }
-        engine.send_frames(kept, false)
     }
 
     /// Emits an event unless the outbound queue is full, in which case it is dropped.
@@ -568,11 +577,7 @@ impl Socket {
             tokio::time::sleep(window).await;
             let expired = {
                 let mut link = socket.link();
-                let expired = link.waiting && link.generation == generation;
-                if expired {
-                    link.waiting = false;
-                }
-                expired
+                link.generation == generation && link.end_wait()
             };
             if expired {
                 socket.ns().stop_waiting();
@@ -585,11 +590,7 @@ impl Socket {
     /// told the transport closed) and leaves the recovery store's record alone.
     pub(crate) fn hand_over(&self) {
         self.0.handed_over.store(true, Ordering::Release);
-        let was_waiting = {
-            let mut link = self.link();
-            link.generation += 1;
-            std::mem::replace(&mut link.waiting, false)
-        };
+        let was_waiting = self.link().end_wait();
         if was_waiting {
             self.ns().stop_waiting();
         }
@@ -634,14 +635,12 @@ impl Socket {
         for frames in missed {
             let _ = engine.send_frames(frames, false);
         }
-        if *waiting {
-            self.ns().stop_waiting();
-        }
         link.engine = engine.clone();
         link.handshake = handshake;
         link.session = session;
-        link.waiting = false;
-        link.generation += 1;
+        if link.end_wait() {
+            self.ns().stop_waiting();
+        }
         drop(link);
         if let Some(stale) = stale {
             stale.close();

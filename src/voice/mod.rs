@@ -206,15 +206,9 @@ fn keep_authenticated(socket: &Socket, who: &Authenticated) {
     socket.set_data(json!({ "via": who.via, "login": who.login }));
 }
 
-/// What a socket keeps in the recovery store of the answer being spoken to it: the words
-/// and how many chunks went out (`None`: nothing is being spoken).
-pub(crate) fn keep_speaking(socket: &Socket, speaking: Option<(&str, u64)>) {
-    if let Some(data) = speaking_data(socket, speaking) {
-        socket.set_data(data);
-    }
-}
-
-/// The socket's data with `speaking` in it (`None`: unchanged).
+/// The socket's data with the answer being spoken to it (the words and how many chunks went
+/// out; `speaking` is `None` when nothing is), kept in the recovery store so that another
+/// node can finish it. Returns `None` when that changes nothing.
 pub(crate) fn speaking_data(socket: &Socket, speaking: Option<(&str, u64)>) -> Option<Value> {
     let mut data = socket.data().unwrap_or_else(|| json!({}));
     let map = data.as_object_mut()?;

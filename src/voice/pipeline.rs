@@ -549,7 +549,7 @@ impl Pipeline {
                             let text = data["text"].as_str().unwrap_or_default();
                             self.speaking = Some((text.to_owned(), 0));
                         }
-                        "tts.stopped" => self.set_speaking(None),
+                        "tts.stopped" => self.stop_speaking(),
                         _ => {}
                     }
                     self.emit(event, data);
@@ -606,7 +606,7 @@ impl Pipeline {
                 Do::FirstAudio => self.metrics(Instant::now()),
                 Do::Finished => {
                     self.set_busy(false);
-                    self.set_speaking(None);
+                    self.stop_speaking();
                 }
                 Do::Remember(line) => {
                     actix_rt::spawn(self.stages.history.append(&self.user, line));
@@ -615,17 +615,14 @@ impl Pipeline {
         }
     }
 
-    /// What is being spoken, kept with the socket (in the recovery store, when there is one).
-    fn set_speaking(&mut self, speaking: Option<(String, u64)>) {
-        if speaking.is_none() && self.speaking.is_none() {
+    /// Nothing is being spoken any more: the socket's data no longer says so either.
+    fn stop_speaking(&mut self) {
+        if self.speaking.take().is_none() {
             return;
         }
-        self.speaking = speaking;
-        let kept = self
-            .speaking
-            .as_ref()
-            .map(|(text, sent)| (text.as_str(), *sent));
-        super::keep_speaking(&self.socket, kept);
+        if let Some(data) = super::speaking_data(&self.socket, None) {
+            self.socket.set_data(data);
+        }
     }
 
     fn synthesized(

@@ -437,14 +437,21 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
     return -1;
   }
 
+  /** Waits for the socket to be ready, then adds `item`; returns the list before it. */
+  async function readyThenAdd(socket, rec, item) {
+    await rec.next("connect", 10_000);
+    const [{ items: fresh }] = await rec.next("todos", 10_000);
+    await rec.next("session.ready", 10_000);
+    const added = await typed(socket, rec, `add ${item} to my list`);
+    assert.equal(added.reply, `Added ${item} to your list.`);
+    assert.deepEqual(added.items, [...fresh, item]);
+    return fresh;
+  }
+
   test("a 2 s network drop in the middle of a spoken answer: the socket recovers, nothing lost", { timeout: 60_000 }, async () => {
     const { socket, rec, offsets, audio } = recordingClient();
     try {
-      await rec.next("connect", 10_000);
-      const [{ items: fresh }] = await rec.next("todos", 10_000);
-      await rec.next("session.ready", 10_000);
-      const first = await typed(socket, rec, "add tea to my list");
-      assert.deepEqual(first.items, [...fresh, "tea"]);
+      await readyThenAdd(socket, rec, "tea");
       // The next answer is being spoken when the connection drops, for 2 s.
       socket.emit("text", { text: "what is on my list" });
       await rec.next("tts.audio", 10_000);
@@ -474,12 +481,7 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
   test("the node killed in the middle of a spoken answer: the socket recovers on the other node, list intact", { timeout: 60_000 }, async () => {
     const { socket, rec, offsets, audio } = recordingClient();
     try {
-      await rec.next("connect", 10_000);
-      const [{ items: fresh }] = await rec.next("todos", 10_000);
-      await rec.next("session.ready", 10_000);
-      const first = await typed(socket, rec, "add coffee to my list");
-      assert.equal(first.reply, "Added coffee to your list.");
-      assert.deepEqual(first.items, [...fresh, "coffee"]);
+      const fresh = await readyThenAdd(socket, rec, "coffee");
 
       const holder = await holderOf();
       assert.ok(holder >= 0, "one node holds the socket");
