@@ -367,6 +367,16 @@ fn max_tokens(samples: usize) -> usize {
     (8 + samples * 10 / SAMPLE_RATE).min(224)
 }
 
+/// Whisper's text context: the tokens a decode starts from and those it generates together.
+const TEXT_CONTEXT: usize = 448;
+
+/// The `max_length` that lets a decode after `start` tokens generate `tokens` tokens.
+/// CTranslate2 counts that option as the whole text context and lets a Whisper decode
+/// generate `min(max_length / 2, max_length - start)` tokens.
+fn generation_length(tokens: usize, start: usize) -> usize {
+    (2 * tokens).max(tokens + start).min(TEXT_CONTEXT)
+}
+
 impl Whisper {
     /// Checks that `dir` holds a CTranslate2 Whisper model.
     pub fn check(dir: &Path) -> Result<(), String> {
@@ -452,16 +462,17 @@ impl Whisper {
     ) -> Result<Heard, String> {
         let audio: Vec<f32> = samples.iter().map(|&s| f32::from(s) / 32768.0).collect();
         let audio = trim_silence(&audio);
+        let limit = max_tokens(audio.len());
         let mut options = self.options.clone();
-        options.max_length = max_tokens(audio.len());
+        options.max_length = generation_length(limit, self.start.len());
         let mut window = window_for(audio.len());
         let mut encoded = self.encode(audio, window)?;
-        let (mut transcription, looped) = self.decode(&encoded, &options)?;
+        let (mut transcription, looped) = self.decode(&encoded, &options, limit)?;
         if looped && window < WINDOW_SAMPLES {
             tracing::debug!("whisper decode looped on the short window; again on the whole one");
             window = WINDOW_SAMPLES;
             encoded = self.encode(audio, window)?;
-            transcription = self.decode(&encoded, &options)?.0;
+            transcription = self.decode(&encoded, &options, limit)?.0;
         }
         let candidate = match candidate() {
             Some(text) if letters(&text) != letters(&transcription.text) => {
@@ -491,11 +502,12 @@ impl Whisper {
     }
 
     /// Whisper's own words for the encoded window, and whether the decode looped (it hit
-    /// its token limit, or its words repeat themselves).
+    /// its token limit, `limit`, or its words repeat themselves).
     fn decode(
         &self,
         encoded: &StorageView,
         options: &WhisperOptions,
+        limit: usize,
     ) -> Result<(Transcription, bool), String> {
         // English-only models take no language or task token.
         let prompt = vec![vec![START_OF_TRANSCRIPT, NO_TIMESTAMPS]];
@@ -507,7 +519,7 @@ impl Whisper {
             .next()
             .ok_or("Whisper returned no result")?;
         let tokens = result.sequences.into_iter().next().unwrap_or_default();
-        let at_limit = tokens.len() >= options.max_length;
+        let at_limit = tokens.len() >= limit;
         let n = tokens.len().max(1) as f32;
         let text = self
             .tokenizer
@@ -746,6 +758,16 @@ mod tests {
     fn token_limits_follow_the_audio() {
         assert_eq!(max_tokens(SAMPLE_RATE * 3), 38);
         assert_eq!(max_tokens(WINDOW_SAMPLES * 2), 224);
+        // What CTranslate2 then lets the decode generate: min(length / 2, length - start).
+        for (tokens, start) in [(38, 2), (224, 2), (38, 60), (224, 226)] {
+            let length = generation_length(tokens, start);
+            let generated = (length / 2).min(length - start);
+            assert!(length <= TEXT_CONTEXT);
+            assert!(
+                generated >= tokens.min(TEXT_CONTEXT - start),
+                "{tokens} after {start}"
+            );
+        }
     }
 
     #[test]
