@@ -1,7 +1,6 @@
 //! One Engine.IO connection as Socket.IO sees it: which namespaces it joined, and a binary
 //! packet waiting for its attachments.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -25,7 +24,19 @@ pub(crate) struct SessionSockets(Mutex<SocketsState>);
 struct SocketsState {
     /// Set when the connection closed: nothing joins after.
     closed: bool,
-    by_nsp: HashMap<String, Socket>,
+    /// One socket per joined namespace. A client joins only the server's namespaces, a
+    /// handful: a scan of them is cheaper than hashing the name for every packet.
+    by_nsp: Vec<Socket>,
+}
+
+impl SocketsState {
+    fn position(&self, nsp: &str) -> Option<usize> {
+        self.by_nsp.iter().position(|s| s.ns().name() == nsp)
+    }
+
+    fn contains(&self, nsp: &str) -> bool {
+        self.position(nsp).is_some()
+    }
 }
 
 impl SessionSockets {
@@ -34,11 +45,14 @@ impl SessionSockets {
     }
 
     pub(crate) fn remove(&self, nsp: &str) -> Option<Socket> {
-        self.lock().by_nsp.remove(nsp)
+        let mut state = self.lock();
+        let at = state.position(nsp)?;
+        Some(state.by_nsp.swap_remove(at))
     }
 
     fn get(&self, nsp: &str) -> Option<Socket> {
-        self.lock().by_nsp.get(nsp).cloned()
+        let state = self.lock();
+        state.position(nsp).map(|at| state.by_nsp[at].clone())
     }
 }
 
@@ -269,14 +283,14 @@ impl SioSession {
             return Recovery::Elsewhere(pid, offset);
         };
         let mut state = self.sockets.lock();
-        if state.closed || state.by_nsp.contains_key(ns.name()) {
+        if state.closed || state.contains(ns.name()) {
             return Recovery::None;
         }
         let session = Arc::downgrade(&self.sockets);
         if !socket.resume(&self.engine, self.handshake.clone(), session, offset) {
             return Recovery::None;
         }
-        state.by_nsp.insert(ns.name().to_owned(), socket);
+        state.by_nsp.push(socket);
         drop(state);
         self.joined_once.store(true, Ordering::Release);
         tracing::debug!(sid = %self.engine.sid(), nsp = %ns.name(), "socket recovered");
@@ -326,12 +340,10 @@ impl Joining {
             origin,
         );
         let mut state = self.sockets.lock();
-        if state.closed || state.by_nsp.contains_key(self.ns.name()) {
+        if state.closed || state.contains(self.ns.name()) {
             return None;
         }
-        state
-            .by_nsp
-            .insert(self.ns.name().to_owned(), socket.clone());
+        state.by_nsp.push(socket.clone());
         Some(socket)
     }
 
@@ -423,7 +435,7 @@ impl SessionHandler for SioSession {
         let sockets: Vec<Socket> = {
             let mut state = self.sockets.lock();
             state.closed = true;
-            state.by_nsp.drain().map(|(_, s)| s).collect()
+            std::mem::take(&mut state.by_nsp)
         };
         let sid = self.engine.sid();
         for socket in sockets {

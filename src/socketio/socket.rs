@@ -109,37 +109,47 @@ impl AckSender {
 
 /// Typed per-socket state: one value per type.
 #[derive(Default)]
-pub struct Extensions(Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>);
+pub struct Extensions(Mutex<Values>);
+
+/// The values of an [`Extensions`], one per type: a socket keeps a few, looked up on every
+/// event, so a scan of them beats hashing the type id.
+type Values = Vec<Box<dyn Any + Send + Sync>>;
 
 impl Extensions {
-    fn lock(&self) -> MutexGuard<'_, HashMap<TypeId, Box<dyn Any + Send + Sync>>> {
+    fn lock(&self) -> MutexGuard<'_, Values> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn position<T: Any>(values: &Values) -> Option<usize> {
+        let id = TypeId::of::<T>();
+        values.iter().position(|v| (**v).type_id() == id)
     }
 
     /// Stores `value`, replacing the one of its type.
     pub fn insert<T: Any + Send + Sync>(&self, value: T) {
-        self.lock().insert(TypeId::of::<T>(), Box::new(value));
+        let mut values = self.lock();
+        match Self::position::<T>(&values) {
+            Some(at) => values[at] = Box::new(value),
+            None => values.push(Box::new(value)),
+        }
     }
 
     /// A copy of the value of type `T`.
     pub fn get<T: Any + Send + Sync + Clone>(&self) -> Option<T> {
-        self.lock()
-            .get(&TypeId::of::<T>())
-            .and_then(|v| v.downcast_ref::<T>())
-            .cloned()
+        let values = self.lock();
+        Self::position::<T>(&values).and_then(|at| values[at].downcast_ref::<T>().cloned())
     }
 
     /// Whether a value of type `T` is stored (no copy made).
     pub fn contains<T: Any + Send + Sync>(&self) -> bool {
-        self.lock().contains_key(&TypeId::of::<T>())
+        Self::position::<T>(&self.lock()).is_some()
     }
 
     /// Removes and returns the value of type `T`.
     pub fn remove<T: Any + Send + Sync>(&self) -> Option<T> {
-        self.lock()
-            .remove(&TypeId::of::<T>())
-            .and_then(|v| v.downcast::<T>().ok())
-            .map(|v| *v)
+        let mut values = self.lock();
+        let at = Self::position::<T>(&values)?;
+        values.swap_remove(at).downcast::<T>().ok().map(|v| *v)
     }
 
     pub(crate) fn take(&self) -> Extensions {
@@ -740,4 +750,45 @@ fn encode(
     }));
     frames.extend(payload.bins.iter().cloned().map(MessageFrame::binary));
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Extensions;
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Name(&'static str);
+    #[derive(Debug, Clone, PartialEq)]
+    struct Count(u32);
+
+    #[test]
+    fn extensions_keep_one_value_per_type() {
+        let ext = Extensions::default();
+        assert!(!ext.contains::<Name>());
+        assert_eq!(ext.get::<Name>(), None);
+        ext.insert(Name("a"));
+        ext.insert(Count(1));
+        ext.insert(Name("b"));
+        assert_eq!(
+            ext.get::<Name>(),
+            Some(Name("b")),
+            "a second value replaces the first"
+        );
+        assert_eq!(ext.get::<Count>(), Some(Count(1)));
+        assert_eq!(format!("{ext:?}"), "Extensions(2 values)");
+        assert_eq!(ext.remove::<Name>(), Some(Name("b")));
+        assert!(!ext.contains::<Name>());
+        assert_eq!(ext.remove::<Name>(), None);
+        assert!(
+            ext.contains::<Count>(),
+            "removing one type leaves the others"
+        );
+        let taken = ext.take();
+        assert!(!ext.contains::<Count>());
+        assert_eq!(taken.get::<Count>(), Some(Count(1)));
+        // A boxed value is found by its own type, not by the box's.
+        ext.insert(Box::new(Count(2)));
+        assert!(!ext.contains::<Count>());
+        assert_eq!(ext.get::<Box<Count>>(), Some(Box::new(Count(2))));
+    }
 }

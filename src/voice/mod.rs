@@ -58,6 +58,7 @@ pub(crate) mod testing {
 }
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,7 +85,7 @@ pub struct Authenticated {
 
 /// Per-socket audio counters.
 #[derive(Debug, Clone, Default)]
-struct AudioCounter(Arc<Mutex<u64>>);
+struct AudioCounter(Arc<AtomicU64>);
 
 /// Most bytes in one `audio` chunk: one second of 48 kHz stereo.
 pub const MAX_CHUNK: usize = 192_000;
@@ -589,11 +590,7 @@ fn audio(socket: &Socket, event: Event) {
             counter
         }
     };
-    let seq = {
-        let mut n = counter.0.lock().unwrap_or_else(|e| e.into_inner());
-        *n += 1;
-        *n
-    };
+    let seq = counter.0.fetch_add(1, Ordering::Relaxed) + 1;
     if let Some(ack) = event.ack {
         let _ = match &pipeline {
             Some(p) => ack.send(json!({ "seq": seq, "bytes": bytes, "dropped": p.dropped() })),
