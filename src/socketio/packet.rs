@@ -267,14 +267,14 @@ impl<T: Serialize> From<T> for Payload {
 
 /// Writes a packet's text part (the Engine.IO `4` prefix is the caller's). `event` is put in
 /// front of the arguments (events); acks have none.
-pub fn encode(
+pub fn encode<T: Serialize>(
     buf: &mut Vec<u8>,
     kind: PacketType,
     nsp: &str,
     id: Option<u64>,
     attachments: usize,
     event: Option<&str>,
-    args: &[Value],
+    args: &[T],
 ) {
     buf.push(kind.digit());
     if kind.is_binary() {

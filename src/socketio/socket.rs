@@ -105,6 +105,16 @@ impl AckSender {
         );
         self.socket.send_frames(&frames, false)
     }
+
+    /// Sends one JSON argument, written straight from `value` (no [`Payload`] or
+    /// `serde_json::Value` built on the way: what an ack on every audio chunk wants).
+    pub fn send_one<T: serde::Serialize>(self, value: &T) -> Result<(), EmitError> {
+        let frame = MessageFrame::build(48, |buf| {
+            let nsp = self.socket.ns().name();
+            packet::encode(buf, PacketType::Ack, nsp, Some(self.id), 0, None, &[value])
+        });
+        self.socket.send_frames(std::slice::from_ref(&frame), false)
+    }
 }
 
 /// Typed per-socket state: one value per type.

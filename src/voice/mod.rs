@@ -62,7 +62,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::auth::{Auth, Refused};
@@ -81,6 +81,17 @@ pub struct Authenticated {
     pub via: &'static str,
     /// The page login behind a token.
     pub login: Option<String>,
+}
+
+/// The ack of an audio chunk: its number on this socket, its size and, with a pipeline, how
+/// many chunks the pipeline's full inbox has dropped so far.
+/// The fields in the order the acks have always had (alphabetical, as a JSON map wrote them).
+#[derive(Serialize)]
+struct AudioAck {
+    bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped: Option<u64>,
+    seq: u64,
 }
 
 /// Per-socket audio counters.
@@ -592,9 +603,11 @@ fn audio(socket: &Socket, event: Event) {
     };
     let seq = counter.0.fetch_add(1, Ordering::Relaxed) + 1;
     if let Some(ack) = event.ack {
-        let _ = match &pipeline {
-            Some(p) => ack.send(json!({ "seq": seq, "bytes": bytes, "dropped": p.dropped() })),
-            None => ack.send(json!({ "seq": seq, "bytes": bytes })),
-        };
+        let dropped = pipeline.as_ref().map(|p| p.dropped());
+        let _ = ack.send_one(&AudioAck {
+            bytes,
+            dropped,
+            seq,
+        });
     }
 }
