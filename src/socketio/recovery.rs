@@ -209,10 +209,17 @@ pub trait RecoveryStore: Send + Sync {
 
 /// Whether a client that saw up to `seen` (0: nothing) can be brought up to date from kept
 /// offsets `first..=last` (`None`: nothing kept); returns the next offset to give out.
+///
+/// A client can have seen more than the store kept: a node sends an event, then queues its
+/// write, and a node killed in between takes its last writes with it. Such a client misses
+/// nothing the store has; the numbering goes on after what it saw. (What a killed node had
+/// queued but neither sent nor written is gone either way.) Only a client whose next event
+/// was trimmed away cannot be brought up to date.
 pub fn next_after(seen: u64, kept: Option<(u64, u64)>) -> Option<u64> {
     match kept {
-        None => (seen == 0).then_some(1),
-        Some((first, last)) => (seen + 1 >= first && seen <= last).then_some(last + 1),
+        None => seen.checked_add(1),
+        Some((first, last)) if seen.saturating_add(1) >= first => last.max(seen).checked_add(1),
+        Some(_) => None,
     }
 }
 
@@ -298,10 +305,14 @@ mod tests {
     #[test]
     fn a_store_recovers_only_a_client_it_can_bring_up_to_date() {
         assert_eq!(next_after(0, None), Some(1));
-        assert_eq!(next_after(3, None), None);
         assert_eq!(next_after(0, Some((1, 5))), Some(6));
         assert_eq!(next_after(5, Some((1, 5))), Some(6));
-        assert_eq!(next_after(6, Some((1, 5))), None);
+        // The store lost the last writes of a killed node: the client saw 6 and 7, or every
+        // event, and gets nothing again; the next offset follows what it saw.
+        assert_eq!(next_after(7, Some((1, 5))), Some(8));
+        assert_eq!(next_after(3, None), Some(4));
+        assert_eq!(next_after(u64::MAX, Some((1, 5))), None);
+        assert_eq!(next_after(u64::MAX, None), None);
         // 1..=3 trimmed: a client that saw 3 misses nothing, one that saw 2 would.
         assert_eq!(next_after(3, Some((4, 9))), Some(10));
         assert_eq!(next_after(2, Some((4, 9))), None);

@@ -369,7 +369,8 @@ describe("voxio cluster: Redis adapter, nginx, node loss", { timeout: 90_000 }, 
 describe("a conversation survives its node", { timeout: 150_000 }, () => {
   let pair = [];
   let front;
-  before(async () => {
+  /** Two nodes on the test's Redis behind nginx (`pair`, `front`). */
+  async function startPair() {
     const env = {
       VOXIO_REDIS_URL: redis.url,
       VOXIO_SECRET: SECRET,
@@ -379,11 +380,15 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
     };
     pair = [await startVoxioServer({ env }), await startVoxioServer({ env })];
     front = await startNginx(pair.map((n) => n.port));
-  });
-  after(async () => {
+  }
+  async function stopPair() {
     for (const node of pair) await node.stop();
     if (front) await front.stop();
-  });
+    pair = [];
+    front = undefined;
+  }
+  before(startPair);
+  after(stopPair);
 
   /** Waits for the reply to typed `text` (assistant.text.done) and the list after it. */
   async function typed(socket, rec, text) {
@@ -513,6 +518,50 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
       assert.ok(m.get("voxio_voice_restored_total") >= 1, "restored on the survivor");
       console.log(`# SIGKILL mid-answer: recovered on node ${1 - holder} (was ${holder}), ${offsets.length} events with offsets 1..${offsets.length} each once, the answer finished there (${rec.count("tts.audio") - heard} more chunks; chunks ${JSON.stringify(audio)}), list ${JSON.stringify(after.items)}`);
     } finally {
+      socket.disconnect();
+    }
+  });
+
+  test("the node killed before its last writes reached Redis: the socket still recovers on the other node", { timeout: 60_000 }, async () => {
+    // Two nodes again (the test before killed one).
+    await stopPair();
+    await startPair();
+    const { socket, rec, offsets } = recordingClient();
+    let paused = false;
+    try {
+      const fresh = await readyThenAdd(socket, rec, "honey");
+      const holder = await holderOf();
+      assert.ok(holder >= 0, "one node holds the socket");
+      const id = socket.id;
+      // Redis stops answering: the holder's next write waits for its reply, the writes after
+      // it wait in the holder's queue; the events themselves still reach the client.
+      redis.signal("SIGSTOP");
+      paused = true;
+      for (let k = 0; k < 3; k += 1) {
+        socket.emit("no.such.event");
+        const [{ code }] = await rec.next("error", 5000);
+        assert.equal(code, "unknown_event");
+        await sleep(50);
+      }
+      const seen = offsets.at(-1);
+      const gone = await pair[holder].kill("SIGKILL");
+      assert.equal(gone.signal, "SIGKILL");
+      redis.signal("SIGCONT");
+      paused = false;
+      // The store has fewer of this socket's events than the client saw.
+      await rec.next("disconnect", 10_000);
+      await rec.next("connect", 20_000);
+      assert.equal(socket.recovered, true, "socket.recovered");
+      assert.equal(socket.id, id, "the same socket id");
+      assert.equal(rec.count("auth_error"), 0, "no PIN asked");
+      assert.equal(rec.count("authenticated"), 1, "authenticated once, at the start");
+      const after = await typed(socket, rec, "what is on my list");
+      assert.match(after.reply, /honey/);
+      assert.deepEqual(after.items, [...fresh, "honey"]);
+      assertNothingLost(offsets, "node killed with its last writes unsent");
+      console.log(`# SIGKILL with Redis paused: the client had seen offset ${seen}, recovered on node ${1 - holder}, ${offsets.length} events with offsets 1..${offsets.length} each once`);
+    } finally {
+      if (paused) redis.signal("SIGCONT");
       socket.disconnect();
     }
   });

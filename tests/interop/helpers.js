@@ -494,6 +494,10 @@ function spawnHelper(cmd, args, label, env = process.env) {
       child.kill("SIGKILL");
       return exitPromise;
     },
+    /** Sends `signal` (SIGSTOP, SIGCONT, …) and does not wait for an exit. */
+    signal(signal) {
+      if (!exited) child.kill(signal);
+    },
     async kill(signal) {
       process.removeListener("exit", killOnExit);
       if (!exited) child.kill(signal);
