@@ -85,6 +85,7 @@ pub struct Authenticated {
 
 /// The ack of an audio chunk: its number on this socket, its size and, with a pipeline, how
 /// many chunks the pipeline's full inbox has dropped so far.
+///
 /// The fields in the order the acks have always had (alphabetical, as a JSON map wrote them).
 #[derive(Serialize)]
 struct AudioAck {
