@@ -169,7 +169,13 @@
   let pendingPin = null; // sent, not yet answered
   let retryTimer = null;
 
-  const socket = window.io("/voice", { reconnectionDelayMax: 5000 });
+  // The last chunk of the answer being spoken that arrived: sent with every CONNECT, so a
+  // node that restores this socket after another died goes on after it, not before.
+  let heardSeq = 0;
+  const socket = window.io("/voice", {
+    reconnectionDelayMax: 5000,
+    auth: (cb) => cb({ heard: heardSeq }),
+  });
 
   socket.onAny((event, body) => {
     if (event === "tts.audio") return;
@@ -392,6 +398,7 @@
   });
 
   socket.on("assistant.text.done", (body) => {
+    heardSeq = 0; // a new answer: its chunks count from 1
     replyText = body && typeof body.text === "string" ? body.text : replyText;
     stats.replies.push(replyText);
     el.reply.textContent = replyText || "—";
@@ -404,11 +411,15 @@
   });
 
   socket.on("tts.audio", (meta, data) => {
+    const seq = meta && Number.isInteger(meta.seq) ? meta.seq : 0;
+    if (seq > 0 && seq <= heardSeq) return; // had already (an answer finished by another node)
+    heardSeq = seq;
     stats.ttsChunks += 1;
     player.enqueue(meta || {}, data);
   });
 
   socket.on("tts.stopped", (body) => {
+    heardSeq = 0;
     const reason = (body && body.reason) || "done";
     stats.ttsStopped.push(reason);
     if (reason === "done") {

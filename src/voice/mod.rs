@@ -268,13 +268,26 @@ fn on_restored(voice: &Voice, socket: &Socket) {
     socket.extensions().insert(who.clone());
     telemetry::voice_restored();
     start(voice, socket, &who, false);
-    // The answer that was being spoken goes on from where the client's audio stops.
+    // The answer that was being spoken goes on from where the client's audio stops: the
+    // chunks the store knows went out, or more if the client says it has more (the dead
+    // node sent them and was killed before their writes reached the store).
     if let (Some((text, sent)), Some(pipeline)) = (
         kept_speaking(socket),
         socket.extensions().get::<PipelineHandle>(),
     ) {
-        pipeline.resume(text, sent);
+        pipeline.resume(text, sent.max(heard(socket)));
     }
+}
+
+/// The last chunk of the answer being spoken that the client says it has (`heard` in its
+/// CONNECT auth; 0 when it does not say). It only decides where the client's own answer goes
+/// on, so a client that lies only skips or repeats its own audio.
+fn heard(socket: &Socket) -> u64 {
+    socket
+        .auth()
+        .and_then(|auth| auth.get("heard"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
 }
 
 fn on_authenticated(voice: &Voice, socket: &Socket, who: &Authenticated) {

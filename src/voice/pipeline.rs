@@ -543,17 +543,25 @@ impl Pipeline {
     fn carry_out(&mut self, ctx: &mut Context<Self>) {
         while let Some(action) = self.answering.poll() {
             match action {
-                Do::Emit(event, data) => {
-                    match event {
-                        "assistant.text.done" => {
-                            let text = data["text"].as_str().unwrap_or_default();
-                            self.speaking = Some((text.to_owned(), 0));
-                        }
-                        "tts.stopped" => self.stop_speaking(),
-                        _ => {}
+                Do::Emit(event, data) => match event {
+                    "assistant.text.done" => {
+                        let text = data["text"].as_str().unwrap_or_default().to_owned();
+                        // The answer is kept as being spoken before any of its audio goes
+                        // out: a node that dies between its first chunk and that chunk's
+                        // write still leaves a record another node can finish it from.
+                        let kept = super::speaking_data(&self.socket, Some((&text, 0)));
+                        self.speaking = Some((text, 0));
+                        let _ = match kept {
+                            Some(kept) => self.socket.emit_with_data(event, data, kept),
+                            None => self.socket.emit(event, data),
+                        };
                     }
-                    self.emit(event, data);
-                }
+                    "tts.stopped" => {
+                        self.stop_speaking();
+                        self.emit(event, data);
+                    }
+                    _ => self.emit(event, data),
+                },
                 Do::Audio {
                     seq,
                     sample_rate,

@@ -403,8 +403,10 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
    * last argument, with connection state recovery), and the events themselves.
    */
   function recordingClient(extra = {}) {
+    // As the page does: every CONNECT says which chunk of the answer being spoken came last.
+    let heard = 0;
     const c = connect(front.url, {
-      auth: { pin: pair[0].pin },
+      auth: (cb) => cb({ pin: pair[0].pin, heard }),
       transports: ["websocket"],
       reconnectionDelay: 100,
       reconnectionDelayMax: 500,
@@ -415,7 +417,11 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
     c.audio = [];
     c.socket.onAny((event, ...args) => {
       c.offsets.push(Number(args[args.length - 1]));
-      if (event === "tts.audio") c.audio.push(args[0].seq);
+      if (event === "tts.audio") {
+        c.audio.push(args[0].seq);
+        heard = args[0].seq;
+      }
+      if (event === "tts.stopped" || event === "assistant.text.done") heard = 0;
     });
     return c;
   }
@@ -560,6 +566,44 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
       assert.deepEqual(after.items, [...fresh, "honey"]);
       assertNothingLost(offsets, "node killed with its last writes unsent");
       console.log(`# SIGKILL with Redis paused: the client had seen offset ${seen}, recovered on node ${1 - holder}, ${offsets.length} events with offsets 1..${offsets.length} each once`);
+    } finally {
+      if (paused) redis.signal("SIGCONT");
+      socket.disconnect();
+    }
+  });
+
+  test("the node killed while its answer's audio had not reached Redis: the answer goes on after the last chunk the client has", { timeout: 60_000 }, async () => {
+    await stopPair();
+    await startPair();
+    const { socket, rec, offsets, audio } = recordingClient();
+    let paused = false;
+    try {
+      await readyThenAdd(socket, rec, "jam");
+      const holder = await holderOf();
+      assert.ok(holder >= 0, "one node holds the socket");
+      // Redis stops answering as the answer's first audio reaches the client: the answer's
+      // start (written with assistant.text.done, before its synthesis) is in the store, the
+      // chunks the client has are not all there.
+      socket.emit("text", { text: "what is on my list" });
+      await rec.next("assistant.text.done", 10_000);
+      await rec.next("tts.audio", 10_000);
+      redis.signal("SIGSTOP");
+      paused = true;
+      const answerStart = audio.lastIndexOf(1);
+      const heard = audio.length - answerStart;
+      const gone = await pair[holder].kill("SIGKILL");
+      assert.equal(gone.signal, "SIGKILL");
+      redis.signal("SIGCONT");
+      paused = false;
+      await rec.next("disconnect", 10_000);
+      await rec.next("connect", 20_000);
+      assert.equal(socket.recovered, true, "socket.recovered");
+      await rec.next("tts.stopped", 10_000);
+      const answer = audio.slice(answerStart);
+      assert.deepEqual(answer, answer.map((_, i) => i + 1), "the answer's chunks, each once, in order");
+      assert.ok(answer.length > heard, "the answer went on on the other node");
+      assertNothingLost(offsets, "node killed before its audio was written");
+      console.log(`# SIGKILL with the answer's audio unwritten: the client had ${heard} chunks, recovered on node ${1 - holder}, the answer went on to chunk ${answer.length}, none twice; offsets 1..${offsets.length} each once`);
     } finally {
       if (paused) redis.signal("SIGCONT");
       socket.disconnect();
