@@ -569,7 +569,41 @@ impl TodoAssistant {
         .await
     }
 
-    /// The JSGF grammar of the commands, with items made of `known` words only.
+    /// Readings close to `reading` (a command in [`TodoAssistant::grammar`]) that the
+    /// grammar's decoder tends to pass over: the same command with one of its item's words
+    /// left out. pocketsphinx slips a short word into an item more often than it drops one
+    /// (kal16's "add buy milk" decoded as "add buy eggs milk", the words said not among its
+    /// next readings). None for a command without an item of two words or more.
+    pub fn shorter_readings(reading: &str) -> Vec<String> {
+        let words: Vec<&str> = reading.split_whitespace().collect();
+        if !matches!(words.first(), Some(&"add" | &"remove")) {
+            return Vec::new();
+        }
+        let end = words
+            .iter()
+            .position(|w| matches!(*w, "to" | "from"))
+            .unwrap_or(words.len());
+        if end < 3 {
+            return Vec::new();
+        }
+        (1..end)
+            .filter_map(|left_out| {
+                let shorter: Vec<&str> = words
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| i != left_out)
+                    .map(|(_, w)| *w)
+                    .collect();
+                // An item starts and ends with a word, not "and".
+                let item = &shorter[1..end - 1];
+                (item.first() != Some(&"and") && item.last() != Some(&"and"))
+                    .then(|| shorter.join(" "))
+            })
+            .collect()
+    }
+
+    /// The JSGF grammar of the commands, with items made of `known` words only: one to
+    /// three words, "and" between two of them ("add milk and eggs").
     pub fn grammar(known: &HashSet<String>) -> String {
         let mut items: Vec<&str> = ITEM_WORDS
             .iter()
@@ -586,7 +620,7 @@ impl TodoAssistant {
         format!(
             "#JSGF V1.0;\ngrammar commands;\n\
              public <command> = <add> | <remove> | <list> | <clear>;\n\
-             <item> = <word> [<word>] [<word>];\n\
+             <item> = <word> [[and] <word>] [[and] <word>];\n\
              <word> = {item_words};\n\
              <add> = add <item> [to [my] list];\n\
              <remove> = remove <item> [from [my] list];\n\
@@ -816,6 +850,26 @@ mod tests {
         assert_eq!(s.push(" you? Fine! 3.5 is"), vec!["How are you?", "Fine!"]);
         assert_eq!(s.finish(), Some("3.5 is".to_owned()));
         assert_eq!(s.finish(), None);
+    }
+
+    #[test]
+    fn shorter_readings_leave_out_one_item_word() {
+        assert_eq!(
+            TodoAssistant::shorter_readings("add buy eggs milk to my list"),
+            [
+                "add eggs milk to my list",
+                "add buy milk to my list",
+                "add buy eggs to my list"
+            ]
+        );
+        assert_eq!(
+            TodoAssistant::shorter_readings("remove milk and eggs"),
+            ["remove milk eggs"]
+        );
+        assert!(TodoAssistant::shorter_readings("add milk to my list").is_empty());
+        assert!(TodoAssistant::shorter_readings("clear my list").is_empty());
+        assert!(TodoAssistant::shorter_readings("what is on my list").is_empty());
+        assert!(TodoAssistant::shorter_readings("").is_empty());
     }
 
     #[test]

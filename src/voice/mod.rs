@@ -10,6 +10,7 @@
 pub mod answer;
 pub mod assistant;
 pub mod audio;
+pub mod grammar_decoder;
 pub mod history;
 pub mod listen;
 pub mod onnx;

@@ -453,8 +453,13 @@ fn stages(
             );
             match whisper {
                 Some(queue) => {
-                    let commands = GrammarQueue::start(&model, &grammar, args.stt_queue)
-                        .map_err(|e| anyhow::anyhow!(e))?;
+                    let commands = GrammarQueue::start(
+                        &model,
+                        &grammar,
+                        TodoAssistant::shorter_readings,
+                        args.stt_queue,
+                    )
+                    .map_err(|e| anyhow::anyhow!(e))?;
                     Arc::new(WhisperStt::new(queue, Some(commands), Some(pool)))
                 }
                 None => Arc::new(pool),
