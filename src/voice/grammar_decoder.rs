@@ -78,22 +78,12 @@ pub struct GrammarDecoder {
 impl GrammarDecoder {
     /// A decoder of `model` whose only search is `jsgf`.
     pub fn new(model: &SphinxModel, jsgf: &str) -> Result<GrammarDecoder, String> {
-        let (hmm, lm, dict) = model.paths();
-        let args = [
-            "pocketsphinx",
-            "-hmm",
-            &hmm,
-            "-lm",
-            &lm,
-            "-dict",
-            &dict,
-            "-logfn",
-            "/dev/null",
-        ]
-        .iter()
-        .map(|a| CString::new(*a))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| "a pocketsphinx model path holds a NUL byte".to_owned())?;
+        let args = model
+            .args()
+            .into_iter()
+            .map(CString::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| "a pocketsphinx model path holds a NUL byte".to_owned())?;
         let argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
         let name = CString::new("commands").expect("no NUL");
         let jsgf = CString::new(jsgf).map_err(|_| "the grammar holds a NUL byte".to_owned())?;

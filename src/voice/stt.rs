@@ -141,14 +141,20 @@ impl SphinxModel {
         }
     }
 
-    /// The acoustic model's, language model's and dictionary's paths, as pocketsphinx's
-    /// arguments take them.
-    pub fn paths(&self) -> (String, String, String) {
-        (
-            self.hmm.to_string_lossy().into_owned(),
-            self.lm.to_string_lossy().into_owned(),
-            self.dict.to_string_lossy().into_owned(),
-        )
+    /// A decoder's command line for this model (its own log thrown away).
+    pub fn args(&self) -> [String; 9] {
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        [
+            "pocketsphinx".into(),
+            "-hmm".into(),
+            path(&self.hmm),
+            "-lm".into(),
+            path(&self.lm),
+            "-dict".into(),
+            path(&self.dict),
+            "-logfn".into(),
+            "/dev/null".into(),
+        ]
     }
 
     /// Fails unless every file is there.
@@ -332,22 +338,9 @@ fn sphinx_decoder(
     grammar: Option<&str>,
 ) -> Result<pocketsphinx::PsDecoder, String> {
     use pocketsphinx::PsDecoderSearchExt as _;
-    let (hmm, lm, dict) = model.paths();
-    let config = pocketsphinx::CmdLn::init(
-        true,
-        &[
-            "pocketsphinx",
-            "-hmm",
-            &hmm,
-            "-lm",
-            &lm,
-            "-dict",
-            &dict,
-            "-logfn",
-            "/dev/null",
-        ],
-    )
-    .map_err(|_| "pocketsphinx rejected its configuration".to_owned())?;
+    let args = model.args();
+    let config = pocketsphinx::CmdLn::init(true, &args.each_ref().map(String::as_str))
+        .map_err(|_| "pocketsphinx rejected its configuration".to_owned())?;
     let mut decoder = pocketsphinx::PsDecoder::init(config);
     decoder
         .set_lm_file(LM_SEARCH, model.lm.as_os_str())

@@ -448,6 +448,19 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
     return -1;
   }
 
+  /**
+   * With Redis paused: SIGKILLs node `holder`, lets Redis go on, and waits for the client to
+   * come back through the other node with its socket recovered.
+   */
+  async function killThenResume(holder, rec, socket) {
+    const gone = await pair[holder].kill("SIGKILL");
+    assert.equal(gone.signal, "SIGKILL");
+    redis.signal("SIGCONT");
+    await rec.next("disconnect", 10_000);
+    await rec.next("connect", 20_000);
+    assert.equal(socket.recovered, true, "socket.recovered");
+  }
+
   /** Waits for the socket to be ready, then adds `item`; returns the list before it. */
   async function readyThenAdd(socket, rec, item) {
     await rec.next("connect", 10_000);
@@ -550,14 +563,9 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
         await sleep(50);
       }
       const seen = offsets.at(-1);
-      const gone = await pair[holder].kill("SIGKILL");
-      assert.equal(gone.signal, "SIGKILL");
-      redis.signal("SIGCONT");
-      paused = false;
       // The store has fewer of this socket's events than the client saw.
-      await rec.next("disconnect", 10_000);
-      await rec.next("connect", 20_000);
-      assert.equal(socket.recovered, true, "socket.recovered");
+      await killThenResume(holder, rec, socket);
+      paused = false;
       assert.equal(socket.id, id, "the same socket id");
       assert.equal(rec.count("auth_error"), 0, "no PIN asked");
       assert.equal(rec.count("authenticated"), 1, "authenticated once, at the start");
@@ -591,13 +599,8 @@ describe("a conversation survives its node", { timeout: 150_000 }, () => {
       paused = true;
       const answerStart = audio.lastIndexOf(1);
       const heard = audio.length - answerStart;
-      const gone = await pair[holder].kill("SIGKILL");
-      assert.equal(gone.signal, "SIGKILL");
-      redis.signal("SIGCONT");
+      await killThenResume(holder, rec, socket);
       paused = false;
-      await rec.next("disconnect", 10_000);
-      await rec.next("connect", 20_000);
-      assert.equal(socket.recovered, true, "socket.recovered");
       await rec.next("tts.stopped", 10_000);
       const answer = audio.slice(answerStart);
       assert.deepEqual(answer, answer.map((_, i) => i + 1), "the answer's chunks, each once, in order");
