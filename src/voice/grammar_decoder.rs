@@ -17,7 +17,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr;
 
-use super::stt::SphinxModel;
+use super::stt::{SphinxModel, GRAMMAR_SEARCH};
 
 /// The library's opaque types.
 #[repr(C)]
@@ -85,7 +85,7 @@ impl GrammarDecoder {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| "a pocketsphinx model path holds a NUL byte".to_owned())?;
         let argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
-        let name = CString::new("commands").expect("no NUL");
+        let name = CString::new(GRAMMAR_SEARCH).expect("no NUL");
         let jsgf = CString::new(jsgf).map_err(|_| "the grammar holds a NUL byte".to_owned())?;
         // SAFETY: `argv` points to `args`, alive for the call (the parser copies what it
         // keeps); the decoder takes its own reference to the configuration, and ours is
@@ -151,7 +151,6 @@ impl GrammarDecoder {
                 ps_nbest_free(nbest);
             }
         }
-        readings.truncate(max);
         readings
     }
 }

@@ -549,12 +549,8 @@ impl Pipeline {
                         // The answer is kept as being spoken before any of its audio goes
                         // out: a node that dies between its first chunk and that chunk's
                         // write still leaves a record another node can finish it from.
-                        let kept = super::speaking_data(&self.socket, Some((&text, 0)));
                         self.speaking = Some((text, 0));
-                        let _ = match kept {
-                            Some(kept) => self.socket.emit_with_data(event, data, kept),
-                            None => self.socket.emit(event, data),
-                        };
+                        self.emit_speaking(event, data);
                     }
                     "tts.stopped" => {
                         self.stop_speaking();
@@ -571,14 +567,10 @@ impl Pipeline {
                     let chunk = Payload::new().arg(meta).bin(data);
                     // The chunk goes out with the count of chunks sent kept beside it: a node
                     // that finishes the answer goes on after it.
-                    let kept = self.speaking.as_mut().and_then(|(text, sent)| {
+                    if let Some((_, sent)) = &mut self.speaking {
                         *sent = seq;
-                        super::speaking_data(&self.socket, Some((text.as_str(), seq)))
-                    });
-                    let _ = match kept {
-                        Some(kept) => self.socket.emit_with_data("tts.audio", chunk, kept),
-                        None => self.socket.emit("tts.audio", chunk),
-                    };
+                    }
+                    self.emit_speaking("tts.audio", chunk);
                 }
                 Do::Synthesize { id, sentence } => {
                     let synthesis =
@@ -621,6 +613,18 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// Emits `event` with the answer being spoken (`self.speaking`) kept beside it in the
+    /// socket's data, in the same write to the recovery store.
+    fn emit_speaking(&self, event: &str, payload: impl Into<Payload>) {
+        let kept = self.speaking.as_ref().and_then(|(text, sent)| {
+            super::speaking_data(&self.socket, Some((text.as_str(), *sent)))
+        });
+        let _ = match kept {
+            Some(kept) => self.socket.emit_with_data(event, payload, kept),
+            None => self.socket.emit(event, payload),
+        };
     }
 
     /// Nothing is being spoken any more: the socket's data no longer says so either.

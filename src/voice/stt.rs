@@ -329,7 +329,7 @@ impl Drop for SphinxStream {
     }
 }
 
-const GRAMMAR_SEARCH: &str = "commands";
+pub(crate) const GRAMMAR_SEARCH: &str = "commands";
 const LM_SEARCH: &str = "general";
 
 /// A decoder with the general language model and, given one, the command grammar.
@@ -469,8 +469,8 @@ struct GrammarJob {
 pub const MAX_READINGS: usize = 4;
 
 /// A pocketsphinx decoder with the assistant's command grammar, decoding whole utterances
-/// from a bounded queue, in order (15-60 ms of CPU an utterance, and up to ~130 ms more for
-/// the n-best list when the lattice is wide).
+/// from a bounded queue, in order (15-60 ms of CPU an utterance, and up to ~180 ms more for
+/// the n-best list when the lattice is wide: espeak-ng's voice).
 pub struct GrammarQueue {
     jobs: SyncSender<GrammarJob>,
 }
@@ -740,22 +740,22 @@ impl WhisperStream {
         let cancelled = Arc::new(AtomicBool::new(false));
         // A grammar that cannot take the utterance drops its job, and with it the sender:
         // Whisper then goes on alone at once.
-        let candidate = self.grammar.as_ref().map(|grammar| {
-            let (reading, candidate) = mpsc::sync_channel(1);
+        let readings = self.grammar.as_ref().map(|grammar| {
+            let (send, readings) = mpsc::sync_channel(1);
             grammar.submit(GrammarJob {
                 samples: samples.clone(),
                 cancelled: cancelled.clone(),
-                done: Box::new(move |readings| {
-                    let _ = reading.try_send(readings);
+                done: Box::new(move |found| {
+                    let _ = send.try_send(found);
                 }),
             });
-            candidate
+            readings
         });
         let into = merge.clone();
         let submitted = self.queue.submit(whisper::Job {
             samples,
             cancelled: cancelled.clone(),
-            candidate,
+            readings,
             done: Box::new(move |result| {
                 let mut merge = into.lock().unwrap_or_else(|e| e.into_inner());
                 if let (Some((pause, sink)), Ok(heard)) = (merge.peek.take(), &result) {

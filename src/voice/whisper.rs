@@ -617,7 +617,7 @@ pub struct Job {
     /// Where another engine's readings of the same audio arrive (best first; none: that
     /// engine heard nothing), to be scored after Whisper's own decode; waited for at most
     /// [`CANDIDATE_WAIT`].
-    pub candidate: Option<Receiver<Vec<String>>>,
+    pub readings: Option<Receiver<Vec<String>>>,
     /// Called on the decoding thread with the result.
     pub done: Box<dyn FnOnce(Result<Heard, String>) + Send>,
 }
@@ -671,9 +671,9 @@ impl DecodeQueue {
                         continue;
                     }
                     let started = Instant::now();
-                    let candidate = job.candidate;
+                    let readings = job.readings;
                     let result = model.transcribe(&job.samples, move || {
-                        candidate
+                        readings
                             .and_then(|rx| rx.recv_timeout(CANDIDATE_WAIT).ok())
                             .unwrap_or_default()
                     });
