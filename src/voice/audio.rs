@@ -122,7 +122,9 @@ impl AudioFormat {
 pub struct Converter {
     format: AudioFormat,
     resampler: Option<Resampling>,
-    frame: Vec<i16>,
+    /// The frame being filled, and how much of it is.
+    frame: Frame,
+    filled: usize,
 }
 
 struct Resampling {
@@ -150,7 +152,8 @@ impl Converter {
         Converter {
             format,
             resampler,
-            frame: Vec::with_capacity(FRAME),
+            frame: [0; FRAME],
+            filled: 0,
         }
     }
 
@@ -162,7 +165,7 @@ impl Converter {
     /// Converts one validated chunk, calling `on_frame` for every complete frame.
     pub fn push(&mut self, pcm: &[u8], mut on_frame: impl FnMut(&Frame)) {
         let channels = usize::from(self.format.channels);
-        let samples = pcm.chunks_exact(2 * channels).map(|frame| {
+        let mut samples = pcm.chunks_exact(2 * channels).map(|frame| {
             let sum: i32 = frame
                 .chunks_exact(2)
                 .map(|s| i32::from(i16::from_le_bytes([s[0], s[1]])))
@@ -170,11 +173,20 @@ impl Converter {
             (sum / channels as i32) as i16
         });
         match &mut self.resampler {
-            None => {
-                for sample in samples {
-                    push_sample(&mut self.frame, sample, &mut on_frame);
+            None => loop {
+                // A run of samples straight into the frame, up to its end or the chunk's.
+                let room = &mut self.frame[self.filled..];
+                let before = samples.len();
+                for (slot, sample) in room.iter_mut().zip(&mut samples) {
+                    *slot = sample;
                 }
-            }
+                self.filled += before - samples.len();
+                if self.filled < FRAME {
+                    break;
+                }
+                on_frame(&self.frame);
+                self.filled = 0;
+            },
             Some(r) => {
                 for sample in samples {
                     r.input.push(f32::from(sample) / 32768.0);
@@ -185,7 +197,12 @@ impl Converter {
                         {
                             for &s in &r.output[0][..produced] {
                                 let s = (s * 32768.0).clamp(-32768.0, 32767.0) as i16;
-                                push_sample(&mut self.frame, s, &mut on_frame);
+                                self.frame[self.filled] = s;
+                                self.filled += 1;
+                                if self.filled == FRAME {
+                                    on_frame(&self.frame);
+                                    self.filled = 0;
+                                }
                             }
                         }
                         r.input.clear();
@@ -193,16 +210,6 @@ impl Converter {
                 }
             }
         }
-    }
-}
-
-fn push_sample(frame: &mut Vec<i16>, sample: i16, on_frame: &mut impl FnMut(&Frame)) {
-    frame.push(sample);
-    if frame.len() == FRAME {
-        if let Ok(full) = <&Frame>::try_from(&frame[..]) {
-            on_frame(full);
-        }
-        frame.clear();
     }
 }
 
@@ -291,6 +298,43 @@ mod tests {
                     "{rate} Hz x{channels}: rms {rms}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn sixteen_k_chunks_of_any_size_come_out_as_the_same_samples_in_frames() {
+        let samples: Vec<i16> = (0..5_000).map(|i| (i * 7 % 4001 - 2000) as i16).collect();
+        let pcm: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        for format in [(1u16, 1usize), (2, 2)] {
+            let (channels, width) = format;
+            // Stereo: each sample on both channels, so the mix is the sample.
+            let pcm: Vec<u8> = pcm
+                .chunks_exact(2)
+                .flat_map(|s| std::iter::repeat_n(s, width).flatten().copied())
+                .collect();
+            let mut converter = Converter::new(AudioFormat {
+                sample_rate: RATE,
+                channels,
+            });
+            let mut out = Vec::new();
+            let mut rest = &pcm[..];
+            for size in [640, 2 * width, 1_000 * width, 6 * width, 512 * width]
+                .iter()
+                .cycle()
+            {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at((*size).min(rest.len()));
+                converter.push(chunk, |f| out.extend_from_slice(f));
+                rest = tail;
+            }
+            assert_eq!(
+                out.len(),
+                samples.len() / FRAME * FRAME,
+                "{channels} channels"
+            );
+            assert_eq!(out, samples[..out.len()], "{channels} channels");
         }
     }
 }

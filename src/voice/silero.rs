@@ -8,6 +8,14 @@
 //! One model is shared by every pipeline (a run is ~0.2 ms, under a lock no one holds across
 //! anything else); each pipeline keeps its own context and state, and its buffers are fixed
 //! arrays: scoring a frame allocates nothing on voxio's side.
+//!
+//! Digital silence is not scored. A window none of whose samples reaches [`QUIET_PEAK`]
+//! (-62 dBFS) after [`QUIET_RUNS`] such windows already scored is given 0 without a run, and
+//! the recurrent state goes back to a fresh stream's (the speech after it is scored as at a
+//! start). Measured on flite speech scaled down, a fresh Silero hears speech at a peak of 64
+//! and none at 32, so the model would say "no voice" there anyway; and a microphone behind its
+//! browser's noise suppression (or a muted one) sends long stretches of it, which now cost
+//! only their copy.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -29,6 +37,12 @@ const CONTEXT: usize = 64;
 /// The recurrent state: 2 × 1 × 128.
 const STATE: usize = 2 * 128;
 const SAMPLE_RATE: [i64; 1] = [16_000];
+/// A window whose samples all stay under this magnitude is quiet (-62 dBFS at its peak).
+pub const QUIET_PEAK: u16 = 26;
+/// Quiet windows in a row that are still scored (~100 ms: the model settles on "no voice",
+/// and a short quiet stretch inside speech is scored as the model would); the ones after
+/// them are not.
+pub const QUIET_RUNS: u32 = 3;
 
 /// The loaded model, shared.
 pub struct SileroModel {
@@ -92,6 +106,12 @@ pub struct SileroVad {
     filled: usize,
     state: [f32; STATE],
     score: f32,
+    /// Whether a sample of the window being filled reached [`QUIET_PEAK`].
+    loud: bool,
+    /// Quiet windows in a row up to the last one.
+    quiet: u32,
+    /// Windows given 0 without a run, since the detector was made.
+    skipped: u64,
     /// A run failed: logged once, and the detector says "no voice" from then on.
     failed: bool,
 }
@@ -105,8 +125,16 @@ impl SileroVad {
             filled: 0,
             state: [0.0; STATE],
             score: 0.0,
+            loud: false,
+            quiet: 0,
+            skipped: 0,
             failed: false,
         }
+    }
+
+    /// Windows given 0 without running the model, since the detector was made.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 }
 
@@ -114,15 +142,28 @@ impl Vad for SileroVad {
     fn score(&mut self, frame: &Frame) -> f32 {
         const _: () = assert!(WINDOW % FRAME == 0);
         let at = CONTEXT + self.filled;
+        let mut peak = 0;
         for (slot, s) in self.input[at..at + FRAME].iter_mut().zip(frame) {
             *slot = f32::from(*s) / 32768.0;
+            peak = peak.max(s.unsigned_abs());
         }
+        self.loud |= peak >= QUIET_PEAK;
         self.filled += FRAME;
         if self.filled < WINDOW {
             return self.score;
         }
         self.filled = 0;
-        if !self.failed {
+        self.quiet = if std::mem::take(&mut self.loud) {
+            0
+        } else {
+            self.quiet.saturating_add(1)
+        };
+        if self.quiet > QUIET_RUNS {
+            // The state a stream starts with: what follows is scored as after a fresh start.
+            self.state = [0.0; STATE];
+            self.skipped += 1;
+            self.score = 0.0;
+        } else if !self.failed {
             match self.model.run(&self.input, &mut self.state) {
                 Ok(p) => self.score = p,
                 Err(e) => {
@@ -141,6 +182,8 @@ impl Vad for SileroVad {
         self.filled = 0;
         self.state = [0.0; STATE];
         self.score = 0.0;
+        self.loud = false;
+        self.quiet = 0;
     }
 }
 
@@ -189,5 +232,42 @@ mod tests {
             "{voiced} of {} noise frames voiced",
             n.len()
         );
+    }
+
+    #[test]
+    fn digital_silence_is_not_scored_and_leaves_a_fresh_detector() {
+        let model = SileroModel::load(&testing::models()).expect(testing::MODELS);
+        // Two seconds of a hiss under the quiet peak: scored low, and not run after the
+        // first QUIET_RUNS windows.
+        let mut vad = SileroVad::new(model.clone());
+        let hiss: Vec<i16> = (0..32_768).map(|i| [-25, 3, 25, -7][i % 4]).collect();
+        let s = scores(&mut vad, &hiss);
+        assert!(s.iter().all(|p| *p < 0.1), "{s:?}");
+        let windows = (hiss.len() / WINDOW) as u64;
+        assert_eq!(vad.skipped(), windows - u64::from(QUIET_RUNS));
+        // Then digital silence, and speech: scored exactly as by a detector that never heard
+        // anything before it.
+        scores(&mut vad, &[0; WINDOW]);
+        let speech = testing::flite("please turn the music down a little");
+        let after = scores(&mut vad, &speech);
+        let fresh = scores(&mut SileroVad::new(model.clone()), &speech);
+        assert_eq!(after, fresh);
+        let voiced = after.iter().filter(|p| **p >= 0.5).count();
+        assert!(
+            voiced * 2 >= after.len(),
+            "{voiced} of {} voiced",
+            after.len()
+        );
+        // A quiet stretch of QUIET_RUNS windows inside a sound is scored; one window more is
+        // the first not run.
+        let tone: Vec<i16> = (0..WINDOW * 8).map(|i| [0, 900, 0, -900][i % 4]).collect();
+        for (gap, skipped) in [(QUIET_RUNS, 0), (QUIET_RUNS + 1, 1)] {
+            let mut vad = SileroVad::new(model.clone());
+            let mut audio = tone.clone();
+            audio.extend(std::iter::repeat_n(3, WINDOW * gap as usize));
+            audio.extend(&tone);
+            scores(&mut vad, &audio);
+            assert_eq!(vad.skipped(), skipped, "a gap of {gap} windows");
+        }
     }
 }
