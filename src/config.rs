@@ -220,10 +220,16 @@ pub struct ServerArgs {
     #[arg(long, env = "VOXIO_TURN_HANGOVER_MS")]
     pub turn_hangover_ms: Option<u64>,
     /// Silence, in milliseconds, after which the end-of-turn model is asked whether the user
-    /// has finished (and asked again after each further pause) and the final transcript is
-    /// started speculatively (thrown away if the user goes on); at most the hangover.
+    /// has finished (and asked again after each further pause); at most the hangover.
     #[arg(long, env = "VOXIO_TURN_PAUSE_MS", default_value_t = 200)]
     pub turn_pause_ms: u64,
+    /// Silence, in milliseconds, after which the final transcript is started speculatively
+    /// (thrown away if the user goes on), so that its words are ready when the turn is
+    /// declared over; at most the pause. Sooner is faster and may hear less: at 120,
+    /// commands' words came ~110 ms sooner, and espeak-ng's were understood 27 of 30 times
+    /// against 29 at 200.
+    #[arg(long, env = "VOXIO_TURN_SPECULATE_MS", default_value_t = 200)]
+    pub turn_speculate_ms: u64,
     /// Confidence (0 to 1) below which the assistant asks before removing or clearing.
     #[arg(long, env = "VOXIO_CONFIRM_BELOW", default_value_t = 0.6)]
     pub confirm_below: f32,
@@ -419,6 +425,10 @@ mod tests {
         assert_eq!(theirs.hangover, crate::voice::turn::HANGOVER_WITHOUT_MODEL);
         assert_eq!(Duration::from_millis(ours.turn_max_ms), theirs.max_turn);
         assert_eq!(Duration::from_millis(ours.turn_pause_ms), theirs.pause);
+        assert_eq!(
+            Duration::from_millis(ours.turn_speculate_ms),
+            theirs.speculate
+        );
         assert_eq!(ours.vad_threshold, theirs.threshold);
     }
 

@@ -97,9 +97,9 @@ impl Listener {
             Step::Speech | Step::Resume => self.keep(frame),
             Step::Pause => {
                 self.keep(frame);
-                ask = self.detector && !self.ending.checking;
+                ask = self.detector && !self.ending.checking && self.turns.checks_at_pause();
             }
-            Step::Recheck => {
+            Step::Check => {
                 self.keep(frame);
                 let finished = self.ending.finished == Some(self.turns.pause_number());
                 ask = self.detector && !self.ending.checking && !finished;
@@ -216,10 +216,14 @@ mod tests {
 
     impl Rig {
         fn new(detector: bool, wait_for_words: bool) -> Rig {
+            Rig::with(TurnConfig::default(), detector, wait_for_words)
+        }
+
+        fn with(config: TurnConfig, detector: bool, wait_for_words: bool) -> Rig {
             let score = Arc::new(AtomicU32::new(0));
             let vad = Box::new(Scripted(score.clone()));
             Rig {
-                listener: Listener::new(vad, TurnConfig::default(), detector, wait_for_words),
+                listener: Listener::new(vad, config, detector, wait_for_words),
                 score,
             }
         }
@@ -250,6 +254,29 @@ mod tests {
         let n = r.listener.pause_number();
         assert!(!r.listener.verdict(n, FINISHED), "the words are not in");
         assert!(r.listener.words(n, "Add eggs to my list."));
+        assert!(!r.listener.in_turn());
+    }
+
+    #[test]
+    fn speculating_before_the_pause_asks_the_model_only_at_the_pause() {
+        let early = TurnConfig {
+            speculate: std::time::Duration::from_millis(120),
+            ..TurnConfig::default()
+        };
+        let mut r = Rig::with(early, true, true);
+        r.frames(30, 0.9);
+        // Speech-to-text starts at 120 ms of silence (7 frames); the model is asked at 200 ms
+        // (12 frames), about the same pause.
+        let pause = r.frames(12, 0.1);
+        assert!(!pause[6].ask && pause[6].step == Step::Pause);
+        assert!(pause[11].ask && pause[11].step == Step::Check);
+        assert_eq!(pause.iter().filter(|h| h.ask).count(), 1);
+        let n = r.listener.pause_number();
+        assert!(
+            !r.listener.words(n, "Add eggs to my list."),
+            "no verdict yet"
+        );
+        assert!(r.listener.verdict(n, FINISHED));
         assert!(!r.listener.in_turn());
     }
 

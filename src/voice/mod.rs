@@ -42,10 +42,8 @@ pub(crate) mod testing {
         // One file per call: tests run in parallel, and two may say the same text.
         static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "voxio-test-{}-{call}.wav",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("voxio-test-{}-{call}.wav", std::process::id()));
         let status = std::process::Command::new("flite")
             .args(["-voice", "slt", "-t", text, "-o"])
             .arg(&path)

@@ -426,7 +426,7 @@ impl Pipeline {
         match heard.step {
             Step::Idle => {}
             Step::Started => self.speech_started(ctx),
-            Step::Speech | Step::Recheck => {
+            Step::Speech | Step::Check => {
                 if let Some(stt) = &mut self.stt {
                     stt.push(frame);
                 }

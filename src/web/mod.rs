@@ -537,6 +537,7 @@ fn stages(
             threshold: args.vad_threshold,
             confirm: Duration::from_millis(args.turn_confirm_ms),
             preroll: Duration::from_millis(args.turn_preroll_ms),
+            speculate: Duration::from_millis(args.turn_speculate_ms),
             pause: Duration::from_millis(args.turn_pause_ms),
             hangover,
             max_turn: Duration::from_millis(args.turn_max_ms),
