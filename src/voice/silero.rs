@@ -159,8 +159,11 @@ impl Vad for SileroVad {
             self.quiet.saturating_add(1)
         };
         if self.quiet > QUIET_RUNS {
-            // The state a stream starts with: what follows is scored as after a fresh start.
-            self.state = [0.0; STATE];
+            if self.quiet == QUIET_RUNS + 1 {
+                // The state a stream starts with: what follows is scored as after a fresh
+                // start. Once: the windows skipped after it leave it as it is.
+                self.state = [0.0; STATE];
+            }
             self.skipped += 1;
             self.score = 0.0;
         } else if !self.failed {
