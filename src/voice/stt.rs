@@ -582,13 +582,14 @@ pub const MAX_READING_SHORTFALL: f32 = 1.4;
 /// Whisper's own transcription and its score of the command grammar's reading. The grammar
 /// knows the assistant's commands and hears them better than a small open-vocabulary model,
 /// but it hears everything as one of them: its reading counts only where Whisper finds those
-/// very words likely for this audio, nearly as likely as its own. Anything else is what
-/// Whisper heard, if Whisper is sure it was speech.
+/// very words likely for this audio, nearly as likely as its own (or, where Whisper took a
+/// sure reading without decoding words of its own, at least [`MIN_READING_LOGPROB`]).
+/// Anything else is what Whisper heard, if Whisper is sure it was speech.
 fn arbitrate(heard: &Heard) -> (String, f32) {
-    let own = &heard.transcription;
+    let own = heard.transcription.as_ref();
     if let Some(reading) = &heard.candidate {
         if reading.avg_logprob >= MIN_READING_LOGPROB
-            && reading.avg_logprob >= own.avg_logprob - MAX_READING_SHORTFALL
+            && own.is_none_or(|own| reading.avg_logprob >= own.avg_logprob - MAX_READING_SHORTFALL)
         {
             return (
                 reading.text.clone(),
@@ -596,11 +597,10 @@ fn arbitrate(heard: &Heard) -> (String, f32) {
             );
         }
     }
-    if own.is_speech() {
-        (own.text.clone(), own.confidence())
-    } else {
+    match own {
+        Some(own) if own.is_speech() => (own.text.clone(), own.confidence()),
         // Whisper's no-speech rule refused it: nothing was said.
-        (String::new(), 0.0)
+        _ => (String::new(), 0.0),
     }
 }
 
@@ -842,11 +842,11 @@ mod tests {
 
     fn heard(text: &str, avg_logprob: f32, reading: Option<(&str, f32)>) -> Heard {
         Heard {
-            transcription: whisper::Transcription {
+            transcription: Some(whisper::Transcription {
                 text: text.into(),
                 no_speech_prob: 0.01,
                 avg_logprob,
-            },
+            }),
             candidate: reading.map(|(text, avg_logprob)| whisper::Reading {
                 text: text.into(),
                 avg_logprob,
@@ -926,6 +926,21 @@ mod tests {
             let (text, _) = arbitrate(&heard(whisper, own, Some((command, scored))));
             assert_eq!(text, want.unwrap_or(whisper), "{command}");
         }
+        // A sure reading taken without Whisper's own decode; nothing decoded and no reading
+        // (cannot come from Whisper, but means nothing heard).
+        let sure = Heard {
+            transcription: None,
+            candidate: Some(whisper::Reading {
+                text: "clear my list".into(),
+                avg_logprob: -0.4,
+            }),
+        };
+        assert_eq!(arbitrate(&sure).0, "clear my list");
+        let none = Heard {
+            transcription: None,
+            candidate: None,
+        };
+        assert_eq!(arbitrate(&none), (String::new(), 0.0));
         // No reading from the grammar: Whisper's words, when it is sure there was speech.
         assert_eq!(
             arbitrate(&heard("Hello there.", -0.2, None)).0,

@@ -10,9 +10,11 @@
 //! - [`Transcription::is_speech`]: Whisper's own no-speech rule (no-speech probability over 0.6
 //!   with an average log-probability under -1), so a hallucinated sentence on noise is refused.
 //! - [`Whisper::transcribe`] encodes the turn once (a short turn on a 15 s window, half the
-//!   cost of the whole 30 s one), decodes it freely, and, given another engine's reading of
-//!   the same audio (the command grammar's), scores that reading on the same encoding
-//!   ([`Reading`]): how likely Whisper finds those exact words for this audio.
+//!   cost of the whole 30 s one) and, given another engine's reading of the same audio (the
+//!   command grammar's), scores that reading on the same encoding ([`Reading`]): how likely
+//!   Whisper finds those exact words for this audio. A reading that is in by then and sure
+//!   ([`SURE_READING_LOGPROB`]) is taken without a decode of Whisper's own; otherwise Whisper
+//!   decodes freely and the two are weighed (`voice::stt`).
 //! - [`DecodeQueue`]: one decoding thread fed by a bounded queue, in order. A decode is a CPU
 //!   resource, not a per-turn one: any number of talkers share it, and when the queue is full
 //!   the caller is told at once instead of waiting.
@@ -244,12 +246,25 @@ pub struct Reading {
 /// What Whisper made of one utterance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heard {
-    /// Whisper's own words.
-    pub transcription: Transcription,
+    /// Whisper's own words; none when the other engine's reading was sure enough to be taken
+    /// without them ([`SURE_READING_LOGPROB`]).
+    pub transcription: Option<Transcription>,
     /// The other engine's best reading as Whisper scores it; Whisper's own words, with its
     /// own score, when that engine heard them too.
     pub candidate: Option<Reading>,
 }
+
+/// The average log-probability per token at which Whisper's score of the other engine's best
+/// reading makes that reading the words said without Whisper's own decode. The command
+/// grammar's reading is taken when it scores at most 1.4 under Whisper's own words
+/// (`voice::stt::MAX_READING_SHORTFALL`), which score at most 0: any reading from -1.4 up
+/// would be taken whatever Whisper's words, unless those words were another of the readings.
+/// Measured with tiny.en on the five test voices' 30 commands (flite slt, rms, awb, kal16,
+/// espeak-ng): the command said scored -0.05 to -1.69 as the grammar's best reading (23 of 30
+/// at -1.0 and above), a wrong best reading -3.0 and under, and a near miss among the other
+/// readings (another item: "add milk" for "add buy milk") -1.47 and under. At -1.0 a near
+/// miss stays 0.47 away.
+pub const SURE_READING_LOGPROB: f32 = -1.0;
 
 /// How long the decoding thread waits, after its own decode, for the other engine's reading
 /// of the same utterance. The command grammar decodes ~50× faster than Whisper, so it is
@@ -453,15 +468,19 @@ impl Whisper {
     /// When that decode loops anyway (it hits its token limit, or repeats a run of words), the
     /// turn is encoded and decoded again on the whole window.
     ///
-    /// `candidates` is asked, once Whisper's own decode is done, for another engine's
-    /// readings of the same audio (best first). When one of them has Whisper's own words,
-    /// those words are the [`Heard::candidate`], with Whisper's score; otherwise each is
-    /// scored on the encoding already made (a forced alignment: about a twentieth of a
-    /// decode), and the best-scoring one is.
+    /// `readings` brings another engine's readings of the same audio (best first; the
+    /// command grammar's, decoded meanwhile on its own thread). Each is scored on the
+    /// encoding already made (a forced alignment: about a twentieth of a decode): how likely
+    /// Whisper finds those exact words for this audio. When the best reading is in once the
+    /// audio is encoded and scores at least [`SURE_READING_LOGPROB`], it is taken without
+    /// Whisper's own decode (the beam search, ~60% of the time): no words of Whisper's
+    /// could have outscored it by the margin that would overrule it. Otherwise Whisper
+    /// decodes freely; when one of the readings has Whisper's own words, those words are the
+    /// [`Heard::candidate`], with Whisper's score; else the best-scoring reading is.
     pub fn transcribe(
         &self,
         samples: &[i16],
-        candidates: impl FnOnce() -> Vec<String>,
+        readings: Option<Receiver<Vec<String>>>,
     ) -> Result<Heard, String> {
         let audio: Vec<f32> = samples.iter().map(|&s| f32::from(s) / 32768.0).collect();
         let audio = trim_silence(&audio);
@@ -470,6 +489,28 @@ impl Whisper {
         options.max_length = generation_length(limit, self.start.len());
         let mut window = window_for(audio.len());
         let mut encoded = self.encode(audio, window)?;
+        let frames = |window: usize| (audio.len() / HOP + 1).min(window / HOP);
+        // The readings, if they are in already; else they are waited for after the decode.
+        let (mut early, readings) = match readings.as_ref().map(Receiver::try_recv) {
+            Some(Ok(early)) => (Some(early), None),
+            Some(Err(mpsc::TryRecvError::Empty)) => (None, readings),
+            Some(Err(mpsc::TryRecvError::Disconnected)) | None => (Some(Vec::new()), None),
+        };
+        // The best reading's score on the encoding it was given (the window may change).
+        let mut best_scored: Option<(usize, f32)> = None;
+        if let Some(best) = early.as_ref().and_then(|r| r.first()) {
+            let avg_logprob = self.score(&encoded, best, frames(window))?;
+            if avg_logprob >= SURE_READING_LOGPROB {
+                return Ok(Heard {
+                    transcription: None,
+                    candidate: Some(Reading {
+                        text: best.clone(),
+                        avg_logprob,
+                    }),
+                });
+            }
+            best_scored = Some((window, avg_logprob));
+        }
         let (mut transcription, looped) = self.decode(&encoded, &options, limit)?;
         if looped && window < WINDOW_SAMPLES {
             tracing::debug!("whisper decode looped on the short window; again on the whole one");
@@ -477,7 +518,11 @@ impl Whisper {
             encoded = self.encode(audio, window)?;
             transcription = self.decode(&encoded, &options, limit)?.0;
         }
-        let readings = candidates();
+        let readings = early.take().unwrap_or_else(|| {
+            readings
+                .and_then(|rx| rx.recv_timeout(CANDIDATE_WAIT).ok())
+                .unwrap_or_default()
+        });
         let own = letters(&transcription.text);
         let mut candidate: Option<Reading> = None;
         if readings.iter().any(|text| letters(text) == own) {
@@ -489,9 +534,11 @@ impl Whisper {
                 avg_logprob: transcription.avg_logprob,
             });
         } else {
-            let frames = (audio.len() / HOP + 1).min(window / HOP);
-            for text in readings {
-                let avg_logprob = self.score(&encoded, &text, frames)?;
+            for (i, text) in readings.into_iter().enumerate() {
+                let avg_logprob = match best_scored {
+                    Some((scored_on, avg_logprob)) if i == 0 && scored_on == window => avg_logprob,
+                    _ => self.score(&encoded, &text, frames(window))?,
+                };
                 if candidate
                     .as_ref()
                     .is_none_or(|c| avg_logprob > c.avg_logprob)
@@ -507,7 +554,7 @@ impl Whisper {
             }
         }
         Ok(Heard {
-            transcription,
+            transcription: Some(transcription),
             candidate,
         })
     }
@@ -662,8 +709,8 @@ impl DecodeQueue {
                 // One decode of silence on each window warms the caches and allocations
                 // before the first user waits on it.
                 let warm = Instant::now();
-                let _ = model.transcribe(&[0i16; SAMPLE_RATE / 2], Vec::new);
-                let _ = model.transcribe(&vec![0i16; SHORT_TURN_SAMPLES + SAMPLE_RATE], Vec::new);
+                let _ = model.transcribe(&[0i16; SAMPLE_RATE / 2], None);
+                let _ = model.transcribe(&vec![0i16; SHORT_TURN_SAMPLES + SAMPLE_RATE], None);
                 let _ = ready_tx.send(Ok(warm.elapsed()));
                 for job in rx.iter() {
                     waiting_worker.fetch_sub(1, Ordering::AcqRel);
@@ -671,25 +718,21 @@ impl DecodeQueue {
                         continue;
                     }
                     let started = Instant::now();
-                    let readings = job.readings;
-                    let result = model.transcribe(&job.samples, move || {
-                        readings
-                            .and_then(|rx| rx.recv_timeout(CANDIDATE_WAIT).ok())
-                            .unwrap_or_default()
-                    });
+                    let result = model.transcribe(&job.samples, job.readings);
                     crate::telemetry::voice_stage("whisper", started.elapsed().as_secs_f64());
                     // Numbers only: what the user said stays out of the logs.
                     if let Ok(Heard {
-                        transcription: heard,
+                        transcription,
                         candidate,
                     }) = &result
                     {
                         tracing::debug!(
                             ms = started.elapsed().as_millis() as u64,
                             samples = job.samples.len(),
-                            no_speech_prob = heard.no_speech_prob,
-                            avg_logprob = heard.avg_logprob,
-                            speech = heard.is_speech(),
+                            decoded = transcription.is_some(),
+                            no_speech_prob = transcription.as_ref().map(|t| t.no_speech_prob),
+                            avg_logprob = transcription.as_ref().map(|t| t.avg_logprob),
+                            speech = transcription.as_ref().map(Transcription::is_speech),
                             candidate_logprob = candidate.as_ref().map(|c| c.avg_logprob),
                             "whisper decode"
                         );
@@ -738,6 +781,81 @@ impl DecodeQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sure_reading_in_time_is_taken_without_the_decode() {
+        use crate::voice::testing;
+        let model = Whisper::load(
+            &testing::models().join("whisper-tiny.en"),
+            2,
+            Precision::Int8,
+        )
+        .expect(testing::MODELS);
+        let turn = |text: &str| {
+            let mut turn = vec![0i16; SAMPLE_RATE / 4];
+            turn.extend(testing::flite(text));
+            turn.extend(vec![0i16; SAMPLE_RATE / 4]);
+            turn
+        };
+        let sent = |readings: &[&str]| {
+            let (tx, rx) = mpsc::sync_channel(1);
+            tx.send(readings.iter().map(|r| r.to_string()).collect())
+                .unwrap();
+            Some(rx)
+        };
+        let eggs = turn("add eggs to my list");
+
+        // The grammar's reading is in when the audio is encoded, and sure: no decode.
+        let heard = model
+            .transcribe(&eggs, sent(&["add eggs to my list"]))
+            .unwrap();
+        assert_eq!(heard.transcription, None);
+        let reading = heard.candidate.unwrap();
+        assert_eq!(reading.text, "add eggs to my list");
+        assert!(reading.avg_logprob >= SURE_READING_LOGPROB, "{reading:?}");
+
+        // The same reading arriving after the encoding: Whisper decodes, and the reading
+        // is waited for then.
+        let (tx, rx) = mpsc::sync_channel(1);
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            let _ = tx.send(vec!["add eggs to my list".to_string()]);
+        });
+        let heard = model.transcribe(&eggs, Some(rx)).unwrap();
+        late.join().unwrap();
+        assert!(heard.transcription.is_some());
+        assert!(heard
+            .candidate
+            .is_some_and(|c| letters(&c.text) == letters("add eggs to my list")));
+
+        // A near miss first (another item: measured -1.8 to -2.0) is not sure: Whisper
+        // decodes, and the reading of the words said, further down, wins.
+        let milk = turn("add buy milk to my list");
+        let heard = model
+            .transcribe(
+                &milk,
+                sent(&["add milk to my list", "add buy milk to my list"]),
+            )
+            .unwrap();
+        assert!(heard.transcription.is_some());
+        assert_eq!(heard.candidate.unwrap().text, "add buy milk to my list");
+
+        // Everyday speech forced into a command: decoded, the reading scored far under.
+        let sentence = turn("the train to the airport leaves every twenty minutes");
+        let heard = model
+            .transcribe(&sentence, sent(&["what is on my list"]))
+            .unwrap();
+        let own = heard.transcription.unwrap();
+        assert!(own.text.contains("airport"), "{own:?}");
+        assert!(heard.candidate.unwrap().avg_logprob < -2.5);
+
+        // No other engine, or one that heard nothing: Whisper's own words alone.
+        for readings in [None, sent(&[])] {
+            let heard = model.transcribe(&eggs, readings).unwrap();
+            assert!(heard.transcription.is_some_and(|t| t.text.contains("eggs")));
+            assert_eq!(heard.candidate, None);
+        }
+    }
 
     #[test]
     fn mel_scale_round_trips_and_bands_cover_the_spectrum() {
