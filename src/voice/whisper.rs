@@ -473,14 +473,36 @@ impl Whisper {
     /// encoding already made (a forced alignment: about a twentieth of a decode): how likely
     /// Whisper finds those exact words for this audio. When the best reading is in once the
     /// audio is encoded and scores at least [`SURE_READING_LOGPROB`], it is taken without
-    /// Whisper's own decode (the beam search, ~60% of the time): no words of Whisper's
-    /// could have outscored it by the margin that would overrule it. Otherwise Whisper
+    /// Whisper's own decode (the beam search, ~60% of a transcription's time): no words of
+    /// Whisper's could have outscored it by the margin that would overrule it. Otherwise Whisper
     /// decodes freely; when one of the readings has Whisper's own words, those words are the
     /// [`Heard::candidate`], with Whisper's score; else the best-scoring reading is.
     pub fn transcribe(
         &self,
         samples: &[i16],
         readings: Option<Receiver<Vec<String>>>,
+    ) -> Result<Heard, String> {
+        // The readings, if they are in already; else they are waited for after the decode.
+        match readings.as_ref().map(Receiver::try_recv) {
+            Some(Ok(ready)) => self.transcribe_with(samples, Some(ready), Vec::new),
+            Some(Err(mpsc::TryRecvError::Empty)) => self.transcribe_with(samples, None, || {
+                readings
+                    .and_then(|rx| rx.recv_timeout(CANDIDATE_WAIT).ok())
+                    .unwrap_or_default()
+            }),
+            Some(Err(mpsc::TryRecvError::Disconnected)) | None => {
+                self.transcribe_with(samples, Some(Vec::new()), Vec::new)
+            }
+        }
+    }
+
+    /// [`Whisper::transcribe`] given the readings in once the audio is encoded (`ready`),
+    /// or else where they come from after Whisper's own decode (`later`).
+    fn transcribe_with(
+        &self,
+        samples: &[i16],
+        ready: Option<Vec<String>>,
+        later: impl FnOnce() -> Vec<String>,
     ) -> Result<Heard, String> {
         let audio: Vec<f32> = samples.iter().map(|&s| f32::from(s) / 32768.0).collect();
         let audio = trim_silence(&audio);
@@ -490,15 +512,9 @@ impl Whisper {
         let mut window = window_for(audio.len());
         let mut encoded = self.encode(audio, window)?;
         let frames = |window: usize| (audio.len() / HOP + 1).min(window / HOP);
-        // The readings, if they are in already; else they are waited for after the decode.
-        let (mut early, readings) = match readings.as_ref().map(Receiver::try_recv) {
-            Some(Ok(early)) => (Some(early), None),
-            Some(Err(mpsc::TryRecvError::Empty)) => (None, readings),
-            Some(Err(mpsc::TryRecvError::Disconnected)) | None => (Some(Vec::new()), None),
-        };
-        // The best reading's score on the encoding it was given (the window may change).
-        let mut best_scored: Option<(usize, f32)> = None;
-        if let Some(best) = early.as_ref().and_then(|r| r.first()) {
+        // The best reading's score on the encoding made (forgotten if it is made again).
+        let mut best_score: Option<f32> = None;
+        if let Some(best) = ready.as_ref().and_then(|r| r.first()) {
             let avg_logprob = self.score(&encoded, best, frames(window))?;
             if avg_logprob >= SURE_READING_LOGPROB {
                 return Ok(Heard {
@@ -509,7 +525,7 @@ impl Whisper {
                     }),
                 });
             }
-            best_scored = Some((window, avg_logprob));
+            best_score = Some(avg_logprob);
         }
         let (mut transcription, looped) = self.decode(&encoded, &options, limit)?;
         if looped && window < WINDOW_SAMPLES {
@@ -517,12 +533,9 @@ impl Whisper {
             window = WINDOW_SAMPLES;
             encoded = self.encode(audio, window)?;
             transcription = self.decode(&encoded, &options, limit)?.0;
+            best_score = None;
         }
-        let readings = early.take().unwrap_or_else(|| {
-            readings
-                .and_then(|rx| rx.recv_timeout(CANDIDATE_WAIT).ok())
-                .unwrap_or_default()
-        });
+        let readings = ready.unwrap_or_else(later);
         let own = letters(&transcription.text);
         let mut candidate: Option<Reading> = None;
         if readings.iter().any(|text| letters(text) == own) {
@@ -535,8 +548,8 @@ impl Whisper {
             });
         } else {
             for (i, text) in readings.into_iter().enumerate() {
-                let avg_logprob = match best_scored {
-                    Some((scored_on, avg_logprob)) if i == 0 && scored_on == window => avg_logprob,
+                let avg_logprob = match best_score {
+                    Some(avg_logprob) if i == 0 => avg_logprob,
                     _ => self.score(&encoded, &text, frames(window))?,
                 };
                 if candidate
@@ -814,15 +827,16 @@ mod tests {
         assert_eq!(reading.text, "add eggs to my list");
         assert!(reading.avg_logprob >= SURE_READING_LOGPROB, "{reading:?}");
 
-        // The same reading arriving after the encoding: Whisper decodes, and the reading
-        // is waited for then.
-        let (tx, rx) = mpsc::sync_channel(1);
-        let late = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(400));
-            let _ = tx.send(vec!["add eggs to my list".to_string()]);
-        });
-        let heard = model.transcribe(&eggs, Some(rx)).unwrap();
-        late.join().unwrap();
+        // The same reading not in once the audio is encoded: Whisper decodes, and the
+        // reading is asked for then.
+        let mut asked = false;
+        let heard = model
+            .transcribe_with(&eggs, None, || {
+                asked = true;
+                vec!["add eggs to my list".to_string()]
+            })
+            .unwrap();
+        assert!(asked);
         assert!(heard.transcription.is_some());
         assert!(heard
             .candidate
