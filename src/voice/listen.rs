@@ -215,8 +215,13 @@ mod tests {
     }
 
     impl Rig {
+        /// Speech-to-text starting at the pause itself (200 ms), where the model is asked.
         fn new(detector: bool, wait_for_words: bool) -> Rig {
-            Rig::with(TurnConfig::default(), detector, wait_for_words)
+            let config = TurnConfig {
+                speculate: TurnConfig::default().pause,
+                ..TurnConfig::default()
+            };
+            Rig::with(config, detector, wait_for_words)
         }
 
         fn with(config: TurnConfig, detector: bool, wait_for_words: bool) -> Rig {
@@ -259,11 +264,8 @@ mod tests {
 
     #[test]
     fn speculating_before_the_pause_asks_the_model_only_at_the_pause() {
-        let early = TurnConfig {
-            speculate: std::time::Duration::from_millis(120),
-            ..TurnConfig::default()
-        };
-        let mut r = Rig::with(early, true, true);
+        // The default: speculating at 120 ms.
+        let mut r = Rig::with(TurnConfig::default(), true, true);
         r.frames(30, 0.9);
         // Speech-to-text starts at 120 ms of silence (7 frames); the model is asked at 200 ms
         // (12 frames), about the same pause.

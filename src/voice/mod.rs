@@ -56,6 +56,38 @@ pub(crate) mod testing {
         assert_eq!(speech.sample_rate, 16_000);
         speech.samples
     }
+
+    /// An espeak-ng `en-us` clip of `text`, made 16 kHz by `sox` as the voice test makes
+    /// its clips, but with sox's dither repeatable (`-R`): the same samples on every run.
+    pub fn espeak(text: &str) -> Vec<i16> {
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir();
+        let wav = dir.join(format!("voxio-espeak-{}-{call}.wav", std::process::id()));
+        let raw = dir.join(format!("voxio-espeak-{}-{call}.raw", std::process::id()));
+        let status = std::process::Command::new("espeak-ng")
+            .args(["-v", "en-us", "-w"])
+            .arg(&wav)
+            .arg(text)
+            .status()
+            .expect("espeak-ng (a Debian package the setup installs)");
+        assert!(status.success());
+        let status = std::process::Command::new("sox")
+            .arg("-R")
+            .arg(&wav)
+            .args(["-r", "16000", "-c", "1", "-b", "16", "-t", "raw"])
+            .arg(&raw)
+            .status()
+            .expect("sox (a Debian package the setup installs)");
+        assert!(status.success());
+        let bytes = std::fs::read(&raw).unwrap();
+        let _ = std::fs::remove_file(&wav);
+        let _ = std::fs::remove_file(&raw);
+        bytes
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect()
+    }
 }
 
 use std::collections::{HashMap, HashSet};

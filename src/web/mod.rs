@@ -460,7 +460,12 @@ fn stages(
                         args.stt_queue,
                     )
                     .map_err(|e| anyhow::anyhow!(e))?;
-                    Arc::new(WhisperStt::new(queue, Some(commands), Some(pool)))
+                    let early = Duration::from_millis(
+                        args.turn_pause_ms.saturating_sub(args.turn_speculate_ms),
+                    );
+                    Arc::new(
+                        WhisperStt::new(queue, Some(commands), Some(pool)).speculating_early(early),
+                    )
                 }
                 None => Arc::new(pool),
             }
