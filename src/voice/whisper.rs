@@ -482,26 +482,28 @@ impl Whisper {
         samples: &[i16],
         readings: Option<Receiver<Vec<String>>>,
     ) -> Result<Heard, String> {
-        // The readings, if they are in already; else they are waited for after the decode.
-        match readings.as_ref().map(Receiver::try_recv) {
-            Some(Ok(ready)) => self.transcribe_with(samples, Some(ready), Vec::new),
-            Some(Err(mpsc::TryRecvError::Empty)) => self.transcribe_with(samples, None, || {
-                readings
-                    .and_then(|rx| rx.recv_timeout(CANDIDATE_WAIT).ok())
-                    .unwrap_or_default()
-            }),
-            Some(Err(mpsc::TryRecvError::Disconnected)) | None => {
-                self.transcribe_with(samples, Some(Vec::new()), Vec::new)
-            }
-        }
+        let Some(readings) = readings else {
+            return self.transcribe_with(samples, || Some(Vec::new()), Vec::new);
+        };
+        // Asked once the audio is encoded, not before: the grammar decodes the same turn
+        // meanwhile, and its readings come in during the encoding.
+        let now = || match readings.try_recv() {
+            Ok(ready) => Some(ready),
+            Err(mpsc::TryRecvError::Empty) => None,
+            // The grammar dropped the job: no readings will come.
+            Err(mpsc::TryRecvError::Disconnected) => Some(Vec::new()),
+        };
+        let later = || readings.recv_timeout(CANDIDATE_WAIT).unwrap_or_default();
+        self.transcribe_with(samples, now, later)
     }
 
-    /// [`Whisper::transcribe`] given the readings in once the audio is encoded (`ready`),
-    /// or else where they come from after Whisper's own decode (`later`).
+    /// [`Whisper::transcribe`] asking `now` for the readings once the audio is encoded (none
+    /// if they are not in yet); if they were not, `later` gives them after Whisper's own
+    /// decode.
     fn transcribe_with(
         &self,
         samples: &[i16],
-        ready: Option<Vec<String>>,
+        now: impl FnOnce() -> Option<Vec<String>>,
         later: impl FnOnce() -> Vec<String>,
     ) -> Result<Heard, String> {
         let audio: Vec<f32> = samples.iter().map(|&s| f32::from(s) / 32768.0).collect();
@@ -510,7 +512,14 @@ impl Whisper {
         let mut options = self.options.clone();
         options.max_length = generation_length(limit, self.start.len());
         let mut window = window_for(audio.len());
+        let started = std::time::Instant::now();
         let mut encoded = self.encode(audio, window)?;
+        let ready = now();
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            readings_in = ready.is_some(),
+            "whisper encode"
+        );
         let frames = |window: usize| (audio.len() / HOP + 1).min(window / HOP);
         // The best reading's score on the encoding made (forgotten if it is made again).
         let mut best_score: Option<f32> = None;
@@ -831,10 +840,14 @@ mod tests {
         // reading is asked for then.
         let mut asked = false;
         let heard = model
-            .transcribe_with(&eggs, None, || {
-                asked = true;
-                vec!["add eggs to my list".to_string()]
-            })
+            .transcribe_with(
+                &eggs,
+                || None,
+                || {
+                    asked = true;
+                    vec!["add eggs to my list".to_string()]
+                },
+            )
             .unwrap();
         assert!(asked);
         assert!(heard.transcription.is_some());
