@@ -37,19 +37,28 @@ pub(crate) mod testing {
         std::env::var_os("VOXIO_MODELS_DIR").map_or_else(|| PathBuf::from("models"), Into::into)
     }
 
-    /// A flite `slt` clip of `text` (16 kHz PCM).
-    pub fn flite(text: &str) -> Vec<i16> {
-        // One file per call: tests run in parallel, and two may say the same text.
+    /// A temporary file's path of its own, ending in `.{ext}`: tests run in parallel, and two
+    /// may say the same text.
+    fn scratch(ext: &str) -> PathBuf {
         static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("voxio-test-{}-{call}.wav", std::process::id()));
-        let status = std::process::Command::new("flite")
-            .args(["-voice", "slt", "-t", text, "-o"])
-            .arg(&path)
+        std::env::temp_dir().join(format!("voxio-test-{}-{call}.{ext}", std::process::id()))
+    }
+
+    /// Runs `program` with `args`; it must succeed.
+    fn run(program: &str, args: &[&std::ffi::OsStr]) {
+        let status = std::process::Command::new(program)
+            .args(args)
             .status()
-            .expect("flite (a Debian package the setup installs)");
-        assert!(status.success());
+            .unwrap_or_else(|e| panic!("{program} (a Debian package the setup installs): {e}"));
+        assert!(status.success(), "{program} failed");
+    }
+
+    /// A flite `slt` clip of `text` (16 kHz PCM).
+    pub fn flite(text: &str) -> Vec<i16> {
+        let path = scratch("wav");
+        let args = ["-voice", "slt", "-t", text, "-o"].map(std::ffi::OsStr::new);
+        run("flite", &[&args[..], &[path.as_os_str()]].concat());
         let wav = std::fs::read(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         let speech = super::tts::parse_wav(&wav).expect("a WAV file");
@@ -60,26 +69,22 @@ pub(crate) mod testing {
     /// An espeak-ng `en-us` clip of `text`, made 16 kHz by `sox` as the voice test makes
     /// its clips, but with sox's dither repeatable (`-R`): the same samples on every run.
     pub fn espeak(text: &str) -> Vec<i16> {
-        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir();
-        let wav = dir.join(format!("voxio-espeak-{}-{call}.wav", std::process::id()));
-        let raw = dir.join(format!("voxio-espeak-{}-{call}.raw", std::process::id()));
-        let status = std::process::Command::new("espeak-ng")
-            .args(["-v", "en-us", "-w"])
-            .arg(&wav)
-            .arg(text)
-            .status()
-            .expect("espeak-ng (a Debian package the setup installs)");
-        assert!(status.success());
-        let status = std::process::Command::new("sox")
-            .arg("-R")
-            .arg(&wav)
-            .args(["-r", "16000", "-c", "1", "-b", "16", "-t", "raw"])
-            .arg(&raw)
-            .status()
-            .expect("sox (a Debian package the setup installs)");
-        assert!(status.success());
+        let (wav, raw) = (scratch("wav"), scratch("raw"));
+        let os = std::ffi::OsStr::new;
+        run(
+            "espeak-ng",
+            &[os("-v"), os("en-us"), os("-w"), wav.as_os_str(), os(text)],
+        );
+        let to_16k = ["-r", "16000", "-c", "1", "-b", "16", "-t", "raw"].map(os);
+        run(
+            "sox",
+            &[
+                &[os("-R"), wav.as_os_str()],
+                &to_16k[..],
+                &[raw.as_os_str()],
+            ]
+            .concat(),
+        );
         let bytes = std::fs::read(&raw).unwrap();
         let _ = std::fs::remove_file(&wav);
         let _ = std::fs::remove_file(&raw);

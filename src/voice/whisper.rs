@@ -512,7 +512,7 @@ impl Whisper {
         let mut options = self.options.clone();
         options.max_length = generation_length(limit, self.start.len());
         let mut window = window_for(audio.len());
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut encoded = self.encode(audio, window)?;
         let ready = now();
         tracing::debug!(
