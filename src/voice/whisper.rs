@@ -684,7 +684,8 @@ pub struct Job {
     /// Set when nobody wants the result any more: the job is skipped if not started.
     pub cancelled: Arc<AtomicBool>,
     /// Where another engine's readings of the same audio arrive (best first; none: that
-    /// engine heard nothing), to be scored after Whisper's own decode; waited for at most
+    /// engine heard nothing): asked for once the audio is encoded (a sure one is taken
+    /// without Whisper's own decode), else waited for after that decode, at most
     /// [`CANDIDATE_WAIT`].
     pub readings: Option<Receiver<Vec<String>>>,
     /// Called on the decoding thread with the result.
